@@ -1,0 +1,26 @@
+# Quick start: `make demo` (offline CPU demo) and `make test` (the test suite).
+# Both create the virtual environment .venv from requirements.txt when it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m erasediff demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+clean-venv:
+	rm -rf $(VENV)
