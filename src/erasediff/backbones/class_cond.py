@@ -1,0 +1,62 @@
+"""Class-conditional pixel-space DDPM (SA-compatible UNet, PEERS.md §11): conditions are class ids.
+
+cond: (B,) int64 in [0, K]; K = num_classes is the learned null class used for classifier-free
+guidance (its row of the class table is trained by label dropout, p_uncond = 0.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ArchConfig, DiffusionConfig
+from .base import Backbone
+from .unets import ClassConditionalUNet
+
+
+class ClassConditionalBackbone(Backbone):
+    conditional = True
+
+    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device):
+        super().__init__(diffusion, device)
+        self.arch = arch
+        self.num_classes = arch.num_classes
+
+    def encode(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch = (images (B,C,H,W) in [-1,1], labels (B,) int64) -> (x0, cond) on the device."""
+        images, labels = batch
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, t, c): (B,C,H,W)."""
+        return model(xt, t, cond)
+
+    def null_condition(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
+
+    def other_condition(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A uniformly random class ≠ c for every sample: c' = (c + U{1..K−1}) mod K.
+
+        (The official code draws one label in {1..9} for the whole batch and never checks it
+        against c_f, PAPER.md §1.2(b); this version is always a different class.)
+        """
+        shift = torch.randint(1, self.num_classes, cond.shape, generator=generator, device=generator.device)
+        return (cond + shift.to(cond.device)) % self.num_classes
+
+    def drop_condition(self, cond: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+        if p <= 0:
+            return cond
+        drop = torch.rand(cond.shape, generator=generator, device=generator.device).to(cond.device) < p
+        return torch.where(drop, torch.full_like(cond, self.num_classes), cond)
+
+    def condition_for_classes(self, classes: torch.Tensor) -> torch.Tensor:
+        return classes.to(self.device, dtype=torch.long)
+
+    def build_model(self) -> nn.Module:
+        return ClassConditionalUNet(**asdict(self.arch))
+
+    def load_model(self, directory: str, **kwargs: Any) -> nn.Module:
+        return ClassConditionalUNet.from_pretrained(directory, **kwargs)
