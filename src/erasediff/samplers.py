@@ -1,0 +1,113 @@
+"""DDPM ancestral and DDIM sampling with classifier-free guidance, on diffusers schedulers.
+
+The reverse step is the scheduler's own (`DDPMScheduler.step`, `DDIMScheduler.step`); this module only
+adds the guided ε (one batched forward per step, `Backbone.guided_eps`) and fixes the randomness:
+the result is a deterministic function of (model, conditions, initial noise, generator).
+
+Settings follow the peers (PAPER.md §4.1, §7.12): SA's "generalized" sampler with 1000 steps and η = 1 is
+DDPM-like ancestral sampling; DDIM uses "leading" timestep spacing (SA's "skip uniform") and ᾱ = 1 at
+the end. By default `clip_sample=False`: clipping x̂0 inside DDIM with CFG badly degrades samples at
+50–100 steps (CPU-NOTES.md); only the final images are clamped to [-1, 1]. `sample.clip_denoised`
+turns x̂0 clipping on (see SampleConfig).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbones.base import Backbone
+from .config import SampleConfig
+
+
+def make_scheduler(backbone: Backbone, cfg: SampleConfig) -> DDIMScheduler | DDPMScheduler:
+    d = backbone.diffusion
+    common = dict(
+        num_train_timesteps=d.num_train_timesteps,
+        beta_schedule=d.beta_schedule,
+        beta_start=d.beta_start,
+        beta_end=d.beta_end,
+        clip_sample=cfg.clip_denoised,
+    )
+    if cfg.sampler == "ddpm":
+        sched = DDPMScheduler(variance_type=cfg.ddpm_variance, **common)
+        sched.set_timesteps(d.num_train_timesteps)
+    else:
+        sched = DDIMScheduler(set_alpha_to_one=True, timestep_spacing="leading", **common)
+        sched.set_timesteps(cfg.steps)
+    return sched
+
+
+@torch.inference_mode()
+def sample(
+    backbone: Backbone,
+    model: nn.Module,
+    cond: Any,
+    noise: torch.Tensor,
+    cfg: SampleConfig,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the reverse process from `noise` (B, C, H, W) ~ N(0, I) for conditions `cond` (B,).
+
+    `generator` drives the per-step noise of DDPM / DDIM with η > 0 (unused for DDIM η = 0).
+    Returns images (B, C, H, W) clamped to [-1, 1].
+    """
+    sched = make_scheduler(backbone, cfg)
+    x = noise.to(backbone.device)
+    was_training = model.training
+    model.eval()
+    n = x.shape[0]
+    for t in tqdm(sched.timesteps, desc="sampling", leave=False, disable=not progress):
+        t_batch = torch.full((n,), int(t), dtype=torch.long, device=x.device)
+        eps = backbone.guided_eps(model, x, t_batch, cond, cfg)
+        if cfg.sampler == "ddpm":
+            x = sched.step(eps, t, x, generator=generator).prev_sample
+        else:
+            x = sched.step(eps, t, x, eta=cfg.eta, generator=generator).prev_sample
+    model.train(was_training)
+    return x.clamp(-1, 1)
+
+
+def class_noise(classes: list[int], n_per_class: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Initial noise for `n_per_class` images of each class: (len(classes)·n, *shape), on the CPU.
+
+    Each class draws from its own generator seeded by (seed, class), so image i of class c gets the
+    same noise whichever other classes are sampled, and every method is scored on the same noise.
+    """
+    chunks = [
+        torch.randn((n_per_class, *shape), generator=torch.Generator().manual_seed(seed * 1000 + c)) for c in classes
+    ]
+    return torch.cat(chunks)
+
+
+def sample_classes(
+    backbone: Backbone,
+    model: nn.Module,
+    classes: list[int],
+    n_per_class: int,
+    shape: tuple[int, ...],
+    cfg: SampleConfig,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_per_class` images for each class, in batches of `cfg.batch_size`, on fixed noise.
+
+    Returns (images (N, C, H, W) in [-1, 1] on the CPU, labels (N,) int64) with N = len(classes)·n,
+    grouped by class in the order given. Deterministic for a given `cfg.seed`.
+    """
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(n_per_class)
+    noise = class_noise(classes, n_per_class, shape, cfg.seed)
+    out = []
+    bar = tqdm(total=len(labels), desc="generating", unit="img", disable=not progress)
+    for b, start in enumerate(range(0, len(labels), cfg.batch_size)):
+        stop = min(start + cfg.batch_size, len(labels))
+        gen = torch.Generator(device=backbone.device).manual_seed(cfg.seed * 7919 + b)
+        cond = backbone.condition_for_classes(labels[start:stop])
+        out.append(sample(backbone, model, cond, noise[start:stop], cfg, generator=gen).cpu())
+        bar.update(stop - start)
+    bar.close()
+    return torch.cat(out), labels
