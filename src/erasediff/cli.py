@@ -1,0 +1,188 @@
+"""Command line: `python -m erasediff <command> --config X.yaml [--set a.b=value ...]` (also `erasediff`).
+
+Hyperparameters live only in YAML; the command line takes the config, `--set` overrides and run-level
+things (output directory, seed, device, resume). Every bad input ends with one `error:` line and exit
+status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import dump_config, load_config
+from .errors import ErasediffError
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("--config", required=config_required, help="experiment YAML (see DDPM/configs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--seed", type=int, help="run seed (overrides `seed`)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides `device`)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _load(args: argparse.Namespace):
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists() and any(path.iterdir()):
+        raise ErasediffError(f"output directory {path} already exists and is not empty (results are never overwritten)")
+    return path
+
+
+def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
+    cfg = _load(args)
+    from .loop import prepare
+
+    run = prepare(cfg, run_dir=args.output_dir, resume=args.resume, require_pretrained=unlearn, training_only=not unlearn)
+    summary = run.execute(progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("method", "steps", "wall_time_s", "sec_per_step", "final_logs")}))
+    print(f"wrote {run.run_dir}: config.resolved.yaml, log.jsonl, metrics.json, model/, "
+          f"{'model_ema/, ' if summary['ema_model_dir'] else ''}checkpoints/, samples/")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from torchvision.utils import save_image
+
+    from .backbones import build_backbone
+    from .evaluate import class_rows, load_eval_model, save_rows_png
+    from .loop import resolve_device
+    from .samplers import sample_classes
+
+    num_classes = cfg.model.arch.num_classes
+    classes = args.classes if args.classes is not None else list(range(num_classes))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ErasediffError(f"--classes {bad} out of range: valid classes are 0..{num_classes - 1}")
+    out = _fresh_dir(Path(args.output_dir))
+    device = resolve_device(cfg.device)
+    backbone = build_backbone(cfg, device)
+    model = load_eval_model(backbone, args.model, cfg.sample.use_ema)
+    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    images, labels = sample_classes(backbone, model, classes, args.n_per_class, shape, cfg.sample, progress=not args.no_progress)
+    rows = ["path,class,seed,index"]
+    for c in classes:
+        (out / str(c)).mkdir(parents=True, exist_ok=True)
+    for i, (img, c) in enumerate(zip(images, labels.tolist())):
+        idx = i % args.n_per_class
+        rel = f"{c}/{idx:05d}.png"
+        save_image((img + 1) / 2, out / rel)
+        rows.append(f"{rel},{c},{cfg.sample.seed},{idx}")
+    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (out / "config.resolved.yaml").write_text(dump_config(cfg))
+    save_rows_png(out / "grid.png", [class_rows(images, labels, min(8, args.n_per_class))], min(8, args.n_per_class))
+    print(f"wrote {len(labels)} images to {out} (manifest.csv, grid.png, config.resolved.yaml)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from .evaluate import class_rows, evaluate, save_rows_png
+
+    out = _fresh_dir(Path(args.output_dir) if args.output_dir else Path(args.model) / "eval")
+    metrics, images, labels = evaluate(cfg, args.model, classifier_dir=args.classifier, progress=not args.no_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "config.resolved.yaml").write_text(dump_config(cfg))
+    save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)], cfg.sample.grid_per_class)
+    print(json.dumps({k: metrics[k] for k in ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain")}))
+    print(f"wrote {out}: metrics.json, grid.png, config.resolved.yaml")
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from .classifier_training import train_eval_classifier
+
+    out = _fresh_dir(Path(args.output_dir))
+    info = train_eval_classifier(cfg, out, progress=not args.no_progress)
+    print(json.dumps(info))
+    print(f"wrote {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.config_dir), Path(args.output_dir), device=args.device or "auto", progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="erasediff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, unlearn, help_ in (
+        ("train", False, "train a model with a training objective (pretraining from scratch, Retrain, Finetune)"),
+        ("unlearn", True, "unlearn data.forget_classes from model.pretrained with the config's method (e.g. EraseDiff)"),
+    ):
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        p.add_argument("--output-dir", type=Path, help="run directory (default results/<experiment>/<method>/seed<k>)")
+        p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its newest checkpoint")
+        p.set_defaults(func=lambda a, u=unlearn: cmd_train(a, u))
+
+    p = sub.add_parser("sample", help="generate N images per class into a folder with a manifest",
+                       description="generate N images per class (evaluation seed `sample.seed`) into DIR/<class>/NNNNN.png, "
+                       "with manifest.csv and grid.png")
+    _common(p)
+    p.add_argument("--model", required=True, help="run directory, model directory or Hub id")
+    p.add_argument("--output-dir", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--n-per-class", type=int, default=16)
+    p.add_argument("--classes", type=int, nargs="+", help="classes to sample (default: all)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="classifier metrics of a model: p_f, entropy_f, acc_remain, fd_remain",
+                       description="sample evaluate.n_per_class images per class and score them with a classifier "
+                       "(forgotten classes from data.forget_classes)")
+    _common(p)
+    p.add_argument("--model", required=True, help="run directory, model directory or Hub id")
+    p.add_argument("--classifier", help="classifier directory (default evaluate.classifier)")
+    p.add_argument("--output-dir", help="where metrics.json and grid.png go (default MODEL/eval)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train-classifier", help="train the evaluation classifier on real data (digits CNN)",
+                       description="train the evaluation classifier on the config's dataset (train split), report test accuracy")
+    _common(p)
+    p.add_argument("--output-dir", required=True)
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("demo", help="offline CPU demo: pretrain on digits, unlearn digit 0 with EraseDiff, evaluate",
+                       description="train a class-conditional DDPM on scikit-learn digits, a CNN classifier, unlearn digit 0 "
+                       "with EraseDiff, and compare Unscrubbed vs EraseDiff on the same sampling noise. Finished stages "
+                       "are reused on a second run.")
+    p.add_argument("--config-dir", default=str(_default_demo_configs()),
+                   help="folder with pretrain.yaml and erasediff.yaml (default DDPM/configs/digits)")
+    p.add_argument("--output-dir", default="results/demo")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _default_demo_configs() -> Path:
+    """DDPM/configs/digits of the source checkout (the package is installed editable from it)."""
+    here = Path(__file__).resolve().parents[2] / "DDPM" / "configs" / "digits"
+    return here if here.is_dir() else Path("DDPM/configs/digits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ErasediffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""EraseDiff (Wu et al., arXiv 2401.05779): unlearning as a value-function constrained problem.
+
+Problem (PAPER.md §2.1, Eq. 4):   min_θ L_r(θ)   s.t.   q(θ) := L_f(θ) − min_φ L_f(φ) ≤ 0
+- L_r(θ) = E_{D_r}‖ε − ε_θ(x_t, t, c)‖²                       (Eq. 1–2, remaining data)
+- L_f(θ) = E_{D_f}‖ε_f − ε_θ(x̃_t, t, c_f)‖²                   (forgetting loss, `target`):
+    `uniform`      ε_f ~ U[0,1) noises the input and is the target       (§1.2(a), paper; DDPM default)
+    `random_label` ε_f = sg[ε_θ(x_t, t, c')], c' another condition       (§1.2(b) official code HEAD;
+                   §1.2(c) for SD, where c' is the surrogate prompt given by the backbone)
+
+Algorithm 1, as implemented by `EraseDiff.update` (one call = one outer step i):
+
+    every `block_size` outer steps (official S-block, §2.4):             -> _inner_loop
+      line 2   φ⁰ ← θ_i                       snapshot of the trainable parameters only
+      line 3   φ^{k+1} ← φ^k − ζ∇L_f(φ^k), k < K                        K = `inner_steps`
+      line 4   record f* = L_f(φ^K) (a detached number), θ ← φ⁰ in place
+    line 5   q̂(θ) = L_f(θ) − f*                                          (constant f*: ∇q̂ = ∇L_f)
+    line 6   g_r = ∇L_r(θ_i; D_r batch),  g_q = ∇q̂(θ_i; D_f batch)
+    line 7   λ_i = `lambda_value` (fixed, paper Remark: 0.1)
+                 or max(η − ⟨g_r, g_q⟩/‖g_q‖², 0)        (`paper`, Theorem 1)
+                 or max(η − cos(g_r, g_q), 0)              (`cosine`, the official code's variant)
+    line 8   θ_{i+1} ← θ_i − ζ(g_r + λ_i g_q)        via the loop's optimiser, with gradient clipping
+
+Paper vs official code (PAPER.md §2.4, §7), each behind an option, default = §7's recommendation:
+- `inner_optimizer`: "shared" (default, official code) runs the inner steps with the outer Adam, so its
+  moments carry the erasure gradients into the next outer steps — the only lasting effect of the inner
+  loop in the code; "separate" uses plain SGD with step ζ = `inner_lr` as in Alg. 1 line 3.
+- `phi_value`: "inner_mean" (default, code's `meter.avg`) = mean L_f over the last pass over D_f during
+  the inner loop; "final" = L_f evaluated at φ^K on a fresh forget batch (paper). Either way f* is a
+  constant and only changes the logged q, never the update (∇q̂ = ∇L_f).
+- `shared_timesteps`: the code reuses the D_r batch's t for the D_f batch (default true).
+- `q_gate`: experimental, λ = 0 when q̂ ≤ 0 (UNCONFIRMED in the paper, §7.2).
+The official code's bugs are not reproduced: `criteria` is defined (MSE), the random label is always a
+different class, the automatic λ uses `allow_unused` gradients over the trained parameters only, and
+the inner value is stored as a float (the code kept graphs alive in its meter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import denoising_loss, random_label_target_loss, uniform_target_loss
+from . import register
+from .base import Method, MethodData, TrainState
+
+
+@dataclass(frozen=True)
+class EraseDiffConfig:
+    name: str = "erasediff"
+    target: Literal["uniform", "random_label"] = "uniform"
+    lambda_mode: Literal["fixed", "paper", "cosine"] = "fixed"
+    lambda_value: float = 0.1
+    eta: float = 0.1
+    inner_steps: int = 2
+    inner_optimizer: Literal["shared", "separate"] = "shared"
+    inner_lr: Optional[float] = None
+    block_size: int = 36
+    phi_value: Literal["inner_mean", "final"] = "inner_mean"
+    shared_timesteps: bool = True
+    q_gate: bool = False
+    remain_cond_drop: float = 0.0
+    forget_cond_drop: float = 0.0
+
+    def validate(self, path: str) -> None:
+        if self.inner_steps < 0:
+            raise ConfigError(f"config key '{path}.inner_steps' must be >= 0 (got {self.inner_steps})")
+        if self.block_size < 1:
+            raise ConfigError(f"config key '{path}.block_size' must be >= 1 (got {self.block_size})")
+        for key in ("remain_cond_drop", "forget_cond_drop"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"config key '{path}.{key}' must be in [0, 1) (got {getattr(self, key)})")
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def lambda_paper(g_r: list[torch.Tensor], g_q: list[torch.Tensor], eta: float) -> float:
+    """Theorem 1: λ = max(η − ⟨g_r, g_q⟩ / ‖g_q‖², 0); 0 when g_q = 0 (constraint already flat)."""
+    nq = float(_dot(g_q, g_q))
+    if nq == 0.0:
+        return 0.0
+    return max(eta - float(_dot(g_r, g_q)) / nq, 0.0)
+
+
+def lambda_cosine(g_r: list[torch.Tensor], g_q: list[torch.Tensor], eta: float) -> float:
+    """Official code: λ = max(η − ⟨g_r, g_q⟩ / (‖g_r‖‖g_q‖ + 1e-8), 0); 0 when g_q = 0."""
+    nq = float(_dot(g_q, g_q)) ** 0.5
+    if nq == 0.0:
+        return 0.0
+    nr = float(_dot(g_r, g_r)) ** 0.5
+    return max(eta - float(_dot(g_r, g_q)) / (nr * nq + 1e-8), 0.0)
+
+
+@register
+class EraseDiff(Method):
+    name = "erasediff"
+    Config = EraseDiffConfig
+
+    def setup(self, state: TrainState, data: MethodData) -> None:
+        if self.cfg.target == "random_label" and not state.backbone.conditional:
+            raise ConfigError(
+                "method.target 'random_label' needs a conditional model (no other class exists for "
+                f"backbone '{state.cfg.model.backbone}'); valid targets here: uniform"
+            )
+        self.forget_iter = data.forget
+        self.since_inner = 0  # outer steps taken since the last inner loop
+        self.phi = float("nan")  # f* = L_f(φ^K), a detached number
+        # The inner loop draws its noise from its own generator, so the outer steps see the same
+        # noise stream whatever K is (with λ = 0 and a separate optimiser an outer step is exactly a
+        # Finetune step on the same batch; tested).
+        self.inner_gen = torch.Generator(device=state.generator.device).manual_seed(state.cfg.seed + 7_000_003)
+        self.snapshot = [p.detach().clone() for p in state.params]
+        if self.cfg.inner_optimizer == "shared":
+            self.inner_opt = state.optimizer
+        else:
+            self.inner_opt = torch.optim.SGD(state.params, lr=self.cfg.inner_lr or state.cfg.train.lr)
+
+    # ----------------------------------------------------------------------------- forgetting loss
+    def forget_loss(
+        self, state: TrainState, x0: torch.Tensor, cond, t: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """L_f on one D_f batch. x0: (B,C,H,W); t: (B,) int64 in [0, T) or None (fresh antithetic draw)."""
+        if t is None:
+            t = state.backbone.sample_timesteps(x0.shape[0], generator)
+        if self.cfg.target == "uniform":
+            return uniform_target_loss(state.backbone, state.model, x0, cond, t, generator)
+        return random_label_target_loss(
+            state.backbone, state.model, x0, cond, t, generator, cond_drop=self.cfg.forget_cond_drop
+        )
+
+    # --------------------------------------------------------------------- Alg. 1 lines 2-4
+    def _inner_loop(self, state: TrainState) -> None:
+        # line 2: φ⁰ ← θ (in place, trainable parameters only; no second model)
+        torch._foreach_copy_(self.snapshot, [p.detach() for p in state.params])
+        losses = []
+        # line 3: K descent steps on L_f only (the official code does not clip inner steps)
+        for _ in range(self.cfg.inner_steps):
+            x_f, c_f = state.backbone.encode(next(self.forget_iter))
+            self.inner_opt.zero_grad(set_to_none=True)
+            loss = self.forget_loss(state, x_f, c_f, None, self.inner_gen)
+            loss.backward()
+            self.inner_opt.step()
+            losses.append(loss.item())
+        # line 4: f* = L_f(φ^K), then θ ← φ⁰
+        if self.cfg.phi_value == "final" or not losses:
+            x_f, c_f = state.backbone.encode(next(self.forget_iter))
+            with torch.no_grad():
+                self.phi = self.forget_loss(state, x_f, c_f, None, self.inner_gen).item()
+        else:
+            last_pass = losses[-max(1, min(len(losses), self.forget_iter.batches_per_epoch)) :]
+            self.phi = sum(last_pass) / len(last_pass)
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in state.params], self.snapshot)
+        state.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------------- one outer step
+    def update(self, state: TrainState, forget, remain) -> dict[str, float]:
+        if self.since_inner % self.cfg.block_size == 0:
+            self._inner_loop(state)
+        self.since_inner += 1
+        backbone, cfg = state.backbone, self.cfg
+
+        # line 6 (losses): L_r on a D_r batch, L_f on a D_f batch (same t, as the official code)
+        x_r, c_r = backbone.encode(remain)
+        x_f, c_f = backbone.encode(forget)
+        loss_r, t = denoising_loss(backbone, state.model, x_r, c_r, state.generator, cond_drop=cfg.remain_cond_drop)
+        t_f = t[: x_f.shape[0]] if cfg.shared_timesteps and x_f.shape[0] <= t.shape[0] else None
+        loss_f = self.forget_loss(state, x_f, c_f, t_f, state.generator)
+        # line 5: q̂(θ) = L_f(θ) − f*  (f* constant)
+        q = loss_f.item() - self.phi
+
+        state.optimizer.zero_grad(set_to_none=True)
+        if cfg.lambda_mode == "fixed":
+            lam = 0.0 if cfg.q_gate and q <= 0 else cfg.lambda_value
+            # line 8 with fixed λ: ∇(L_r + λ q̂) = g_r + λ g_q in one backward
+            (loss_r + lam * loss_f).backward()
+        else:
+            # line 6 (gradients) over the trained parameters only; allow_unused: e.g. the null-class
+            # row is not in L_r's graph when remain_cond_drop = 0 (the code's crash, PAPER.md §2.4)
+            g_r = torch.autograd.grad(loss_r, state.params, retain_graph=True, allow_unused=True)
+            g_q = torch.autograd.grad(loss_f, state.params, allow_unused=True)
+            g_r = [torch.zeros_like(p) if g is None else g for g, p in zip(g_r, state.params)]
+            g_q = [torch.zeros_like(p) if g is None else g for g, p in zip(g_q, state.params)]
+            # line 7: Theorem 1 (paper) or the code's cosine rule
+            lam = (lambda_paper if cfg.lambda_mode == "paper" else lambda_cosine)(g_r, g_q, cfg.eta)
+            if cfg.q_gate and q <= 0:
+                lam = 0.0
+            # line 8: δ = g_r + λ g_q, written straight into .grad (no third backward)
+            for p, a, b in zip(state.params, g_r, g_q):
+                p.grad = a + lam * b
+        logs = {"loss_r": loss_r.item(), "loss_f": loss_f.item(), "q": q, "lambda": lam, "phi": self.phi}
+        norm = state.clip_and_step()
+        if norm is not None:
+            logs["grad_norm"] = norm
+        return logs
+
+    def state_dict(self) -> dict:
+        return {"since_inner": self.since_inner, "phi": self.phi, "inner_gen": self.inner_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.since_inner = int(state["since_inner"])
+        self.phi = float(state["phi"])
+        self.inner_gen.set_state(state["inner_gen"])
