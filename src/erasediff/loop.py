@@ -74,7 +74,7 @@ def load_model(backbone: Backbone, cfg: RunConfig) -> tuple[torch.nn.Module, tor
     return model, ema_model
 
 
-def build_data(cfg: RunConfig, method_cls: type[Method], device: torch.device) -> tuple[LabeledImages, MethodData]:
+def build_data(cfg: RunConfig, method: Method, device: torch.device) -> tuple[LabeledImages, MethodData]:
     d = cfg.data
     data = load_dataset(d.dataset, root=d.root, split="train", image_size=d.image_size, hflip=d.hflip, download=d.download)
     arch = cfg.model.arch
@@ -87,18 +87,18 @@ def build_data(cfg: RunConfig, method_cls: type[Method], device: torch.device) -
             f"dataset '{d.dataset}' gives {data.channels}x{data.image_size}px images but model.arch expects "
             f"{arch.in_channels}x{arch.sample_size}px (set data.image_size or model.arch)"
         )
-    if method_cls.needs_forget and not d.forget_classes:
-        raise ConfigError(f"method '{method_cls.name}' needs a forget set: set data.forget_classes (e.g. [0])")
+    if method.needs_forget and not d.forget_classes:
+        raise ConfigError(f"method '{method.name}' needs a forget set: set data.forget_classes (e.g. [0])")
     forget_idx, remain_idx = forget_remain_split(
         data.labels, d.forget_classes, data.num_classes, forget_ratio=d.forget_ratio, seed=cfg.seed
     )
     forget = remain = None
-    if method_cls.needs_forget:
+    if method.needs_forget:
         forget = InfiniteBatches(
             data.dataset, forget_idx, d.forget_batch_size or d.batch_size,
             seed=cfg.seed * 2 + 1, num_workers=d.num_workers, device=device,
         )
-    if method_cls.needs_remain:
+    if method.needs_remain:
         remain = InfiniteBatches(
             data.dataset, remain_idx, d.batch_size, seed=cfg.seed * 2, num_workers=d.num_workers, device=device
         )
@@ -271,7 +271,8 @@ def prepare(
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    dataset, data = build_data(cfg, method_cls, device)
+    method = method_cls(cfg.method)  # before the data: which sets it draws may depend on its config
+    dataset, data = build_data(cfg, method, device)
     backbone = build_backbone(cfg, device)
     model, ema_model = load_model(backbone, cfg)
     model.to(device).train()
@@ -294,6 +295,5 @@ def prepare(
         del ema_model
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     state = TrainState(cfg, backbone, model, params, names, optimizer, lr_scheduler, ema, generator)
-    method = method_cls(cfg.method)
     method.setup(state, data)
     return Run(cfg, run_dir, state, method, data, dataset, resume_from)

@@ -27,7 +27,16 @@ def method_config_class(name: str) -> type:
     return get_method(name).Config
 
 
-# Importing the modules registers them.
-from . import erasediff, finetune  # noqa: E402,F401
+def _import_all() -> None:
+    """Import every module of this package: each registers its method on import."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = ["METHODS", "Method", "MethodData", "TrainState", "get_method", "method_config_class", "register"]

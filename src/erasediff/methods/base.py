@@ -65,9 +65,10 @@ class Method:
     name: ClassVar[str]
     #: the method's config dataclass (first field `name: str`)
     Config: ClassVar[type]
-    #: which batches the loop draws and passes each step
-    needs_forget: ClassVar[bool] = True
-    needs_remain: ClassVar[bool] = True
+    #: which batches the loop draws and passes each step (a method may compute them from its config
+    #: in __init__: the loop asks the instance)
+    needs_forget: bool = True
+    needs_remain: bool = True
     #: allowed for the `train` command (pretraining / Retrain / proxies): a plain training objective
     training_objective: ClassVar[bool] = False
 
