@@ -1,0 +1,150 @@
+"""BlindSpot (Tarun et al. 2023, "Deep Regression Unlearning"), stage 2: distil the forget set from a proxy.
+
+Two stages (PAPER.md §3, Baselines table; paper: 100 epochs each):
+1. Proxy: a model trained FROM RANDOM INIT on D_r only, so it never saw D_f. This is an ordinary
+   `train` run of the loop with the finetune objective (`blindspot_proxy.yaml`); no code here.
+2. This method: starting from the pretrained model θ, on each step with a forget batch (B_f) and a
+   remain batch (B_r), i.e. one batch of D = D_f ∪ D_r,
+       L = p_f · [ MSE(ε_θ(x_t^f, t, c_f), sg[ε_proxy(x_t^f, t, c_f)]) + β·L_AT ]
+         + (1 − p_f) · MSE(ε_θ(x_t^r, t, c_r), ε),                p_f = B_f / (B_f + B_r)
+   (p_f = the forget fraction of the combined batch, the official code's `mask.sum()/n`).
+   L_AT = Σ_l mean_{b,hw} (A_l(θ) − A_l(proxy))², A_l = normalize_hw(mean_channels(h_l²)) of every
+   UNet down-block output h_l on the forget batch (attention transfer, Zagoruyko & Komodakis; the
+   form and placement inside the p_f term follow the official `attention_diff` / `forget_loss`).
+   β = `at_weight`, default 0 as the official EraseDiff code.
+One antithetic timestep draw covers the combined batch (t_f = t[:B_f], t_r = t[B_f:]); `cond_drop`
+(default 0.1, the official stage 2) drops labels per sample, and the proxy sees the same (dropped)
+condition and noisy input as the model.
+
+`proxy` = a run directory (its EMA weights `model_ema/` are used when present) or a model directory,
+loaded once in `setup` with the backbone's `load_model`, frozen, in eval mode and without gradients.
+Not reproduced from the official `train_blindspot` (PAPER.md §3, §7.8): its proxy is initialised from
+the pretrained checkpoint instead of random init, and its proxy output is computed with `model` (the
+model being unlearned) instead of `proxy_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import resolve_pretrained
+from ..errors import ConfigError, ErasediffError
+from ..losses import denoising_loss, eps_mse
+from . import register
+from .base import Method, MethodData, TrainState
+
+
+@dataclass(frozen=True)
+class BlindSpotConfig:
+    name: str = "blindspot"
+    #: stage-1 proxy: run directory (model/ + model_ema/) or diffusers model directory (local path)
+    proxy: Optional[str] = None
+    #: β of the attention-transfer term (0 = off, the official value; Tarun et al. use 50)
+    at_weight: float = 0.0
+    #: label-dropout probability on both halves of the batch (official stage 2: 0.1)
+    cond_drop: float = 0.1
+
+    def validate(self, path: str) -> None:
+        if not self.proxy:
+            raise ConfigError(
+                f"config key '{path}.proxy' is required: the run directory of the stage-1 proxy "
+                "(train it with blindspot_proxy.yaml)"
+            )
+        if self.at_weight < 0:
+            raise ConfigError(f"config key '{path}.at_weight' must be >= 0 (got {self.at_weight})")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ConfigError(f"config key '{path}.cond_drop' must be in [0, 1) (got {self.cond_drop})")
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The UNet down blocks of `model` (diffusers UNets, or a wrapper holding one as `.unet`)."""
+    for owner in (model, getattr(model, "unet", None)):
+        blocks = getattr(owner, "down_blocks", None)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return list(blocks)
+    raise ConfigError(
+        f"method.at_weight > 0 needs the UNet's down blocks, but {type(model).__name__} has no `down_blocks` "
+        "(nor `.unet.down_blocks`); set method.at_weight=0"
+    )
+
+
+def attention_map(h: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) activations -> (B, H·W) unit-norm map of the channel-mean of h²."""
+    return F.normalize(h.pow(2).mean(1).flatten(1), dim=1)
+
+
+@register
+class BlindSpot(Method):
+    name = "blindspot"
+    Config = BlindSpotConfig
+
+    def __init__(self, cfg: BlindSpotConfig):
+        super().__init__(cfg)
+        # runs in `prepare` before the run directory exists: a missing proxy leaves nothing behind
+        if not Path(cfg.proxy).exists():
+            raise ErasediffError(
+                f"method.proxy '{cfg.proxy}' not found: train the stage-1 proxy first "
+                "(erasediff train --config DDPM/configs/.../blindspot_proxy.yaml) and pass its run directory"
+            )
+
+    def setup(self, state: TrainState, data: MethodData) -> None:
+        raw, ema = resolve_pretrained(self.cfg.proxy)
+        try:
+            proxy = state.backbone.load_model(ema or raw)
+        except (OSError, ValueError) as exc:
+            raise ErasediffError(f"could not load method.proxy '{self.cfg.proxy}': {str(exc).splitlines()[0]}") from None
+        self.proxy = proxy.to(state.backbone.device).eval().requires_grad_(False)
+        # forward hooks collect the down-block outputs of the forget pass (only while `recording`)
+        self.recording = False
+        self.acts: dict[str, list[torch.Tensor]] = {"model": [], "proxy": []}
+        if self.cfg.at_weight > 0:
+            blocks = {"model": feature_modules(state.model), "proxy": feature_modules(self.proxy)}
+            if len(blocks["model"]) != len(blocks["proxy"]):
+                raise ConfigError(
+                    f"method.at_weight > 0: the proxy has {len(blocks['proxy'])} down blocks but the model "
+                    f"{len(blocks['model'])}; use a proxy of the same architecture or method.at_weight=0"
+                )
+            for key, modules in blocks.items():
+                for m in modules:
+                    m.register_forward_hook(partial(self._record, key))
+
+    def _record(self, key: str, module: nn.Module, inputs, output) -> None:
+        if self.recording:
+            self.acts[key].append(output[0] if isinstance(output, tuple) else output)  # (B_f, C_l, H_l, W_l)
+
+    def terms(self, state: TrainState, forget, remain) -> tuple[dict[str, torch.Tensor], float]:
+        """The three loss terms (scalars with graph: forget distillation, attention transfer, remain), p_f."""
+        bb, gen, p = state.backbone, state.generator, self.cfg.cond_drop
+        x_f, c_f = bb.encode(forget)  # x: (B_f, C, H, W)
+        x_r, c_r = bb.encode(remain)  # x: (B_r, C, H, W)
+        b_f, b_r = x_f.shape[0], x_r.shape[0]
+        t = bb.sample_timesteps(b_f + b_r, gen)  # (B_f + B_r,): one draw for the batch of D
+        eps_f = torch.randn(x_f.shape, generator=gen, device=gen.device).to(x_f.device)
+        c_f = bb.drop_condition(c_f, p, gen)
+        xt_f = bb.add_noise(x_f, eps_f, t[:b_f])
+        self.acts = {"model": [], "proxy": []}
+        self.recording = True
+        pred_f = bb.predict(state.model, xt_f, t[:b_f], c_f)  # ε_θ(x_t^f, t, c_f): (B_f, C, H, W)
+        with torch.no_grad():
+            target_f = bb.predict(self.proxy, xt_f, t[:b_f], c_f)  # sg[ε_proxy(x_t^f, t, c_f)]
+        self.recording = False
+        at = sum(
+            (eps_mse(attention_map(a), attention_map(b)) for a, b in zip(self.acts["model"], self.acts["proxy"])),
+            pred_f.new_zeros(()),
+        )
+        self.acts = {"model": [], "proxy": []}
+        loss_r, _ = denoising_loss(bb, state.model, x_r, c_r, gen, t=t[b_f:], cond_drop=p)
+        return {"loss_f": eps_mse(pred_f, target_f), "loss_at": at, "loss_r": loss_r}, b_f / (b_f + b_r)
+
+    def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
+        parts, p_f = self.terms(state, forget, remain)
+        total = p_f * (parts["loss_f"] + self.cfg.at_weight * parts["loss_at"]) + (1 - p_f) * parts["loss_r"]
+        logs = {k: v.item() for k, v in parts.items() if k != "loss_at" or self.cfg.at_weight > 0}
+        return total, {**logs, "p_f": p_f, "loss": total.item()}

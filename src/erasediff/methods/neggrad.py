@@ -1,0 +1,58 @@
+"""NegGrad (Golatkar et al. 2020, "Eternal Sunshine of the Spotless Net"): gradient ascent on D_f.
+
+Objective (PAPER.md §3, Baselines table; paper: 5 epochs on D_f):
+    min_θ  −L_f(θ),   L_f(θ) = E_{(x0,c)~D_f, t, ε~N(0,I)} ‖ε − ε_θ(x_t, t, c)‖²
+i.e. the standard ε-MSE (`denoising_loss`) on forget batches, negated, so the loop's descent step
+ascends L_f. `cond_drop` is the label-dropout probability of that loss (default 0: the true forget
+label; the official code calls its loss with the loss function's default dropout).
+
+Option `data`:
+- `forget` (default, the paper): ascend on D_f; the loop draws forget batches only.
+- `remain`: ascend on D_r — reproduces the official code's bug (`train_ng` iterates
+  `trainloader_rem`, PAPER.md §3 and §7.8). Offered only to reproduce the code; not the paper's method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..errors import ConfigError
+from ..losses import denoising_loss
+from . import register
+from .base import Method, TrainState
+
+
+@dataclass(frozen=True)
+class NegGradConfig:
+    name: str = "neggrad"
+    #: which split is ascended: `forget` (paper) or `remain` (the official code's bug)
+    data: Literal["forget", "remain"] = "forget"
+    #: probability of replacing c by the null condition in the ascended loss
+    cond_drop: float = 0.0
+
+    def validate(self, path: str) -> None:
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ConfigError(f"config key '{path}.cond_drop' must be in [0, 1) (got {self.cond_drop})")
+
+
+@register
+class NegGrad(Method):
+    name = "neggrad"
+    Config = NegGradConfig
+
+    def __init__(self, cfg: NegGradConfig):
+        super().__init__(cfg)
+        self.needs_forget = cfg.data == "forget"
+        self.needs_remain = cfg.data == "remain"
+
+    def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = forget if self.cfg.data == "forget" else remain
+        x0, cond = state.backbone.encode(batch)  # x0: (B, C, H, W); cond: (B,) class ids / prompt embeddings
+        ascended, _ = denoising_loss(
+            state.backbone, state.model, x0, cond, state.generator, cond_drop=self.cfg.cond_drop
+        )
+        key = "loss_f" if self.cfg.data == "forget" else "loss_r"
+        return -ascended, {key: ascended.item(), "loss": -ascended.item()}
