@@ -106,6 +106,7 @@ BAD_INPUT = [
      "must be one of: digits, cifar10, folder"),
     (["train", "--config", "no/such.yaml"], "config file not found"),
     (["train", "--config", "DDPM/configs/digits/smoke/pretrain.yaml", "--resume"], "nothing to resume"),
+    (["convert", "--checkpoint", "missing/ckpt.pth"], "checkpoint not found: missing/ckpt.pth"),
 ]
 
 
@@ -129,7 +130,8 @@ def test_bad_input_exit_status_in_a_real_process(tmp_path):
 
 def test_help_lists_commands():
     r = cli("--help")
-    for command in ("train", "unlearn", "sample", "evaluate", "train-classifier", "demo"):
+    for command in ("train", "unlearn", "sample", "evaluate", "train-classifier", "demo", "convert", "fisher",
+                    "saliency-mask"):
         assert command in r.stdout
     r = cli("unlearn", "--help")
     assert r.returncode == 0 and "--resume" in r.stdout

@@ -110,6 +110,42 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_fisher(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from .methods.selective_amnesia import compute_fisher
+
+    info = compute_fisher(cfg, args.output, progress=not args.no_progress)
+    print(json.dumps(info))
+    print(f"wrote {args.output}")
+
+
+def cmd_saliency_mask(args: argparse.Namespace) -> None:
+    cfg = _load(args)
+    from .methods.salun import compute_saliency_mask
+
+    info = compute_saliency_mask(cfg, args.output, progress=not args.no_progress)
+    print(json.dumps(info))
+    print(f"wrote {args.output}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .convert import convert_sa_checkpoint, convert_sa_fisher
+
+    if args.checkpoint is None and args.fisher is None:
+        raise ErasediffError("convert needs --checkpoint ckpt.pth and/or --fisher fisher_dict.pkl")
+    if args.checkpoint is not None:
+        if args.output_dir is None:
+            raise ErasediffError("--checkpoint needs --output-dir (the run directory to write)")
+        info = convert_sa_checkpoint(args.checkpoint, args.output_dir)
+        print(json.dumps({k: info[k] for k in info if k != "arch"}))
+        print(f"wrote {args.output_dir}: model/, {'model_ema/, ' if info['parts']['model_ema'] else ''}conversion.json")
+    if args.fisher is not None:
+        if args.fisher_output is None:
+            raise ErasediffError("--fisher needs --fisher-output (the safetensors file to write)")
+        out = convert_sa_fisher(args.fisher, args.fisher_output, trust_pickle=args.trust_pickle)
+        print(f"wrote {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -154,6 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--output-dir", required=True)
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("fisher", help="Selective Amnesia: diagonal Fisher of model.pretrained -> safetensors",
+                       description="compute SA's diagonal Fisher information (per-sample gradients of the loss summed over "
+                       "timesteps) for a selective_amnesia config and write it as safetensors")
+    _common(p)
+    p.add_argument("--output", required=True, help="safetensors file to write (must not exist)")
+    p.set_defaults(func=cmd_fisher)
+
+    p = sub.add_parser("saliency-mask", help="SalUn: weight-saliency mask of model.pretrained -> safetensors",
+                       description="compute SalUn's mask (top fraction of |grad of the forget loss|) for a salun config")
+    _common(p)
+    p.add_argument("--output", required=True, help="safetensors file to write (must not exist)")
+    p.set_defaults(func=cmd_saliency_mask)
+
+    p = sub.add_parser("convert", help="import an SA / SalUn / official-EraseDiff ckpt.pth and SA's fisher_dict.pkl",
+                       description="convert SA-format CIFAR10 checkpoints (ckpt.pth, read with weights_only=True) into a run "
+                       "directory (model/, model_ema/) that model.pretrained loads, and SA's Fisher pickle into safetensors")
+    p.add_argument("--checkpoint", help="SA-format ckpt.pth")
+    p.add_argument("--output-dir", help="run directory to write for --checkpoint (must not exist or be empty)")
+    p.add_argument("--fisher", help="SA's fisher_dict.pkl")
+    p.add_argument("--fisher-output", help="safetensors file to write for --fisher")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a Fisher file that holds more than tensors (runs code from the file: trusted files only)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="offline CPU demo: pretrain on digits, unlearn digit 0 with EraseDiff, evaluate",
                        description="train a class-conditional DDPM on scikit-learn digits, a CNN classifier, unlearn digit 0 "
