@@ -12,7 +12,7 @@ A method never tests which dataset or model family it runs on: it asks the backb
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -39,11 +39,14 @@ class TrainState:
     generator: torch.Generator  # noise, timesteps and label dropout of the training steps
     step: int = 0
 
-    def clip_and_step(self) -> float | None:
-        """Clip the global grad norm (train.grad_clip) and take one optimiser + LR-schedule step."""
+    def clip_and_step(self, after_clip: Callable[[], None] | None = None) -> float | None:
+        """Clip the global grad norm (train.grad_clip), call `after_clip` (e.g. SalUn's gradient mask),
+        then take one optimiser + LR-schedule step. Returns the pre-clip norm (None without clipping)."""
         norm = None
         if self.cfg.train.grad_clip is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip))
+        if after_clip is not None:
+            after_clip()
         self.optimizer.step()
         self.lr_scheduler.step()
         return norm
