@@ -8,18 +8,14 @@
 # SMOKE=1 runs the same pipeline on tiny digits configs on CPU in about a minute (the tests do this).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-SEED=${SEED:-0}
+. DDPM/scripts/lib.bash
 OUT=${OUT:-results/cifar10_ddim_bird_ship}
-IFS=';' read -ra EXTRA <<< "${EXTRA_SET:-}"   # extra ';'-separated --set items (the tests shrink the model)
-SETS=(); for s in "${EXTRA[@]}"; do SETS+=(--set "$s"); done
 if [ "${SMOKE:-0}" = 1 ]; then
   OUT=${OUT}_smoke
   cfg() { echo "DDPM/configs/digits/smoke/$1.yaml"; }
 else
   cfg() { if [ "$1" = pretrain ]; then echo DDPM/configs/cifar10/pretrain.yaml; else echo "DDPM/configs/cifar10_ddim/$1.yaml"; fi; }
 fi
-done_or() { [ -f "$1/metrics.json" ] || [ -f "$1" ]; }
 
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \

@@ -7,19 +7,14 @@
 # Finished stages are reused on a second run (their metrics.json exists).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-SEED=${SEED:-0}
+. DDPM/scripts/lib.bash
 CFG=DDPM/configs/digits
 OUT=${OUT:-results/digits_forget0}
 if [ "${SMOKE:-0}" = 1 ]; then CFG=DDPM/configs/digits/smoke; OUT=${OUT}_smoke; fi
-IFS=';' read -ra EXTRA <<< "${EXTRA_SET:-}"   # extra ';'-separated --set items (the tests shrink the model)
-SETS=(); for s in "${EXTRA[@]}"; do SETS+=(--set "$s"); done
-
-done_or() { [ -f "$1/metrics.json" ] || [ -f "$1/classifier.json" ] || [ -f "$1" ]; }
 
 # 1. Unscrubbed model, evaluation judge
 done_or "$OUT/base" || $PY -m erasediff train --config $CFG/pretrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/base"
-done_or "$OUT/classifier" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$OUT/classifier"
+done_or "$OUT/classifier/classifier.json" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$OUT/classifier"
 # 2. Retrain (from scratch on D_r) and the BlindSpot proxy (from scratch on D_r, shorter)
 done_or "$OUT/retrain" || $PY -m erasediff train --config $CFG/retrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
 done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config $CFG/blindspot_proxy.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/blindspot_proxy"
