@@ -50,6 +50,7 @@ def test_fisher_matches_brute_force_per_sample_loop(monkeypatch):
     fisher = fisher_diagonal(bb, model, params, images, conds, grid, chunks=2, cond_drop=0.5, reduction="sum",
                              generator=torch.Generator().manual_seed(0), progress=False)
     assert len(seen) == 4  # 2 samples x 2 chunks
+    assert any(bool((r[3] == 10).any()) for r in seen)  # label dropout hit some terms (null class = 10)
     # brute force: one forward per (sample, t), plain autograd, x_t written out by hand
     abar = bb.noise_scheduler.alphas_cumprod
     brute = [torch.zeros_like(p) for p in params]
