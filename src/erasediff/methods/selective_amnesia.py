@@ -31,7 +31,8 @@ Objective per step (PAPER.md §3 "SA" row; PEERS.md §1(b) "EWC and forgetting l
     fisher_reduction       "sum": ℓ summed over pixels (SA's and EraseDiff's `keepdim=True` loss) |
                            "mean". With mean-reduced training losses and λ_EWC = 10 the default is the
                            EraseDiff code's combination; SA's own (all sums) corresponds to λ_EWC = 10/d
-                           with d = C·H·W (3072 on CIFAR10).
+                           with d = C·H·W (3072 on CIFAR10). The useful λ_EWC depends on the Fisher's
+                           scale: on the small digits net λ ≥ 1e-3 pins the model (DDPM/configs/digits).
 Setup fails before anything is written when `fisher` is unset, missing, or keyed differently from the
 model's trainable parameters (ErasediffError naming the file and keys).
 """
