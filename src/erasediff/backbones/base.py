@@ -14,7 +14,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from ..config import DiffusionConfig, SampleConfig
+from ..config import ArchConfig, DiffusionConfig, SampleConfig
 from ..errors import ConfigError
 
 
@@ -108,3 +108,17 @@ class Backbone:
 
     def cat_conditions(self, a: Any, b: Any) -> Any:
         return torch.cat([a, b])
+
+
+class PixelBackbone(Backbone):
+    """Shared by the pixel-space DDPM families: batches are (images, class ids), used as they are."""
+
+    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device):
+        super().__init__(diffusion, device)
+        self.arch = arch
+        self.num_classes = arch.num_classes
+
+    def encode(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch = (images (B,C,H,W) in [-1,1], labels (B,) int64) -> (x0, cond) on the device."""
+        images, labels = batch
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

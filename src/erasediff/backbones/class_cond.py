@@ -12,23 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ArchConfig, DiffusionConfig
-from .base import Backbone
+from .base import PixelBackbone
 from .unets import ClassConditionalUNet
 
 
-class ClassConditionalBackbone(Backbone):
+class ClassConditionalBackbone(PixelBackbone):
     conditional = True
-
-    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device):
-        super().__init__(diffusion, device)
-        self.arch = arch
-        self.num_classes = arch.num_classes
-
-    def encode(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """batch = (images (B,C,H,W) in [-1,1], labels (B,) int64) -> (x0, cond) on the device."""
-        images, labels = batch
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, t, c): (B,C,H,W)."""

@@ -14,22 +14,12 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from ..config import ArchConfig, DiffusionConfig
 from ..errors import ConfigError
-from .base import Backbone
+from .base import PixelBackbone
 
 
-class UnconditionalBackbone(Backbone):
+class UnconditionalBackbone(PixelBackbone):
     conditional = False
-
-    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device):
-        super().__init__(diffusion, device)
-        self.arch = arch
-        self.num_classes = arch.num_classes
-
-    def encode(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = batch
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         return model(xt, t).sample
