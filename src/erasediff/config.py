@@ -94,6 +94,34 @@ class ArchConfig:
 
 
 @dataclass(frozen=True)
+class StableDiffusionConfig:
+    """`model.backbone: stable_diffusion` only (PAPER.md §4.4-4.5): Stable Diffusion v1.4 on diffusers.
+
+    pipeline: the diffusers pipeline (Hub id such as CompVis/stable-diffusion-v1-4, or a local folder
+    with unet/ vae/ text_encoder/ tokenizer/ scheduler/) that the VAE, text encoder, tokenizer and
+    scheduler come from; null = model.pretrained (then it must be a pipeline). Set it when
+    model.pretrained is a UNet folder or a run directory of this project.
+    surrogate_prompt: c_s of EraseDiff's SD forgetting target sg[ε_θ(z_t, t, τ(c_s))] (PAPER.md §1.2(c));
+    the backbone's `other_condition`. Paper v2: "a person wearing clothes" (nudity), another Imagenette
+    class (tench); official code HEAD: "a photo of a pokemon" (§7.6).
+    null_prompt: the unconditional prompt of classifier-free guidance ("" as diffusers).
+    latent: how an image becomes z0: `sample` draws from the VAE posterior (the official code), `mean`
+    takes its mean.
+    mixed_precision: `bf16` runs UNet forwards under bf16 autocast (weights and optimiser stay fp32).
+    gradient_checkpointing: recompute UNet activations in backward (less memory, ~30% slower).
+    vae_dtype: dtype of the frozen VAE (encode / decode only).
+    """
+
+    pipeline: Optional[str] = None
+    surrogate_prompt: Optional[str] = None
+    null_prompt: str = ""
+    latent: Literal["sample", "mean"] = "sample"
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    vae_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which model family and where its weights come from.
 
@@ -102,10 +130,14 @@ class ModelConfig:
     Relative paths are relative to the working directory.
     """
 
-    backbone: Literal["class_cond", "uncond"] = "class_cond"
+    backbone: Literal["class_cond", "uncond", "stable_diffusion"] = "class_cond"
     pretrained: Optional[str] = None
     arch: ArchConfig = field(default_factory=ArchConfig)
-    trainable: Literal["full"] = "full"
+    #: which parameters train. `full` everywhere; `xattn` (cross-attention attn2, ESD-x / EraseDiff-x),
+    #: `noxattn` (all but attn2, time embedding and output layers, ESD-u / EraseDiff-u), `selfattn` (attn1):
+    #: stable_diffusion only (backbones/stable_diffusion.py has the exact name filters)
+    trainable: Literal["full", "xattn", "noxattn", "selfattn"] = "full"
+    sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
 
 
 @dataclass(frozen=True)
@@ -124,10 +156,26 @@ class DataConfig:
 
     forget_classes: the classes of D_f; empty = no forgetting (pretraining on everything).
     forget_ratio: the official code's subsampling of D_f (`unl_ratio`, PAPER.md §2.4); None keeps all.
+    attribute, attribute_file: `celebahq` only. Images are labelled 1 when they have `attribute` (a
+    column of the CelebA(-HQ) annotation file, e.g. Eyeglasses) and 0 otherwise, so forget_classes: [1]
+    forgets the attribute. attribute_file defaults to <root>/CelebAMask-HQ-attribute-anno.txt.
+    remain_source: where D_r comes from. `real` = the dataset's remaining classes; `generated` = the
+    "no access to D_r" setting of PAPER.md §4.1 (generative replay): before the first step the
+    pretrained model samples `remain_generated` images spread evenly over the remaining classes
+    (rounded up to a multiple of their number; EMA weights if sample.use_ema, the sample section's
+    sampler and seed), and those are D_r. Needs a conditional model.
     """
 
-    dataset: Literal["digits", "cifar10", "folder"] = "digits"
+    dataset: Literal["digits", "cifar10", "folder", "celebahq", "prompt_folder"] = "digits"
     root: Optional[str] = None
+    #: prompt_folder only: the prompt list; an image's label is the index of its manifest prompt here
+    prompts: tuple[str, ...] = ()
+    #: prompt_folder only: the prompts of D_f, resolved to their indices in `prompts` (= forget_classes)
+    forget_prompts: tuple[str, ...] = ()
+    attribute: Optional[str] = None
+    attribute_file: Optional[str] = None
+    remain_source: Literal["real", "generated"] = "real"
+    remain_generated: int = 4500
     image_size: Optional[int] = None
     hflip: bool = False
     download: bool = True
@@ -136,6 +184,39 @@ class DataConfig:
     batch_size: int = 128
     forget_batch_size: Optional[int] = None
     num_workers: int = 0
+
+    def validate(self, path: str) -> None:
+        if self.dataset == "celebahq" and not self.attribute:
+            raise ConfigError(f"config key '{path}.attribute' is required for dataset celebahq (e.g. Eyeglasses: a "
+                              "column of the annotation file)")
+        if self.dataset != "celebahq" and (self.attribute or self.attribute_file):
+            raise ConfigError(f"config keys '{path}.attribute' / '{path}.attribute_file' apply to dataset celebahq only "
+                              f"(dataset is {self.dataset})")
+        if self.remain_generated < 1:
+            raise ConfigError(f"config key '{path}.remain_generated' must be >= 1 (got {self.remain_generated})")
+        self._resolve_forget_prompts(path)
+
+    def _resolve_forget_prompts(self, path: str) -> None:
+        """prompt_folder: `prompts` is required; `forget_prompts` become their indices in `forget_classes`."""
+        if self.dataset != "prompt_folder":
+            if self.prompts or self.forget_prompts:
+                raise ConfigError(f"config keys '{path}.prompts' / '{path}.forget_prompts' apply to dataset prompt_folder "
+                                  f"only (dataset is {self.dataset})")
+            return
+        if not self.prompts:
+            raise ConfigError(f"config key '{path}.prompts' is required for dataset prompt_folder: the list of prompts "
+                              "(an image's label = the index of its manifest prompt)")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ConfigError(f"config key '{path}.prompts' lists a prompt more than once")
+        unknown = [p for p in self.forget_prompts if p not in self.prompts]
+        if unknown:
+            raise ConfigError(f"config key '{path}.forget_prompts': {unknown} not in {path}.prompts {list(self.prompts)}")
+        ids = tuple(self.prompts.index(p) for p in self.forget_prompts)
+        if ids and self.forget_classes and tuple(self.forget_classes) != ids:
+            raise ConfigError(f"config keys '{path}.forget_prompts' (indices {list(ids)}) and '{path}.forget_classes' "
+                              f"{list(self.forget_classes)} disagree: set only forget_prompts")
+        if ids:  # frozen dataclass: the resolved ids are set once, here
+            object.__setattr__(self, "forget_classes", ids)
 
 
 @dataclass(frozen=True)

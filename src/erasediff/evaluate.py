@@ -17,7 +17,7 @@ import torch
 from .backbones import Backbone, build_backbone
 from .checkpoint import resolve_pretrained
 from .config import RunConfig
-from .data import images_of_classes, load_dataset
+from .data import dataset_from_config, images_of_classes
 from .errors import ConfigError, ErasediffError
 from .metrics import accuracy_metrics, classifier_outputs, forgetting_metrics, frechet_distance, load_classifier
 from .samplers import sample_classes
@@ -86,7 +86,7 @@ def evaluate(
     device = device or resolve_device(cfg.device)
     classifier = load_classifier(classifier_dir).to(device)
     d = cfg.data
-    real = load_dataset(d.dataset, root=d.root, split=cfg.evaluate.real_split, image_size=d.image_size, download=d.download)
+    real = dataset_from_config(d, cfg.evaluate.real_split, hflip=False)
     bad = [c for c in forget if not 0 <= c < real.num_classes]
     if bad:
         raise ConfigError(f"data.forget_classes {bad} out of range: valid classes are 0..{real.num_classes - 1}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 from torchvision.utils import make_grid, save_image
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, config_from_text, dump_config
-from .data import InfiniteBatches, LabeledImages, forget_remain_split, load_dataset
+from .data import InfiniteBatches, LabeledImages, dataset_from_config, forget_remain_split
 from .ema import EMA
 from .errors import ConfigError, ErasediffError
 from .methods import Method, MethodData, TrainState, get_method
@@ -76,7 +77,7 @@ def load_model(backbone: Backbone, cfg: RunConfig) -> tuple[torch.nn.Module, tor
 
 def build_data(cfg: RunConfig, method: Method, device: torch.device) -> tuple[LabeledImages, MethodData]:
     d = cfg.data
-    data = load_dataset(d.dataset, root=d.root, split="train", image_size=d.image_size, hflip=d.hflip, download=d.download)
+    data = dataset_from_config(d, "train")
     arch = cfg.model.arch
     if data.num_classes != arch.num_classes and cfg.model.backbone == "class_cond":
         raise ConfigError(
@@ -98,11 +99,36 @@ def build_data(cfg: RunConfig, method: Method, device: torch.device) -> tuple[La
             data.dataset, forget_idx, d.forget_batch_size or d.batch_size,
             seed=cfg.seed * 2 + 1, num_workers=d.num_workers, device=device,
         )
-    if method.needs_remain:
+    if method.needs_remain and d.remain_source == "real":
         remain = InfiniteBatches(
             data.dataset, remain_idx, d.batch_size, seed=cfg.seed * 2, num_workers=d.num_workers, device=device
         )
     return data, MethodData(forget=forget, remain=remain)
+
+
+def generated_remain(state: TrainState, num_classes: int, progress: bool = True) -> InfiniteBatches:
+    """D_r without access to the training data (data.remain_source: generated, PAPER.md §4.1).
+
+    The model being unlearned (its EMA weights when sample.use_ema, as SA's generative replay) samples
+    ceil(remain_generated / |C_r|) images of every remaining class c ∉ C_f with the sample section's
+    sampler and evaluation seed; the batches of D_r are drawn from them as from real data. The set is
+    a function of the config alone, so a resumed run regenerates the same images.
+    """
+    cfg = state.cfg
+    if not state.backbone.conditional:
+        raise ConfigError(
+            f"data.remain_source 'generated' samples the remaining classes, which needs a conditional model "
+            f"(backbone '{cfg.model.backbone}' is not); valid here: real"
+        )
+    remaining = [c for c in range(num_classes) if c not in cfg.data.forget_classes]
+    per_class = -(-cfg.data.remain_generated // len(remaining))
+    size = cfg.data.image_size or cfg.model.arch.sample_size
+    shape = (cfg.model.arch.in_channels, size, size)
+    ctx = state.ema.swapped() if state.ema is not None and cfg.sample.use_ema else nullcontext()
+    with ctx:
+        images, labels = sample_classes(state.backbone, state.model, remaining, per_class, shape, cfg.sample, progress=progress)
+    return InfiniteBatches(TensorDataset(images, labels), torch.arange(len(labels)), cfg.data.batch_size,
+                           seed=cfg.seed * 2, device=state.backbone.device)
 
 
 def _warmup(steps: int):
@@ -239,9 +265,12 @@ class Run:
 
 def prepare(
     cfg: RunConfig, *, run_dir: Path | None = None, resume: bool = False, require_pretrained: bool = False,
-    training_only: bool = False,
+    training_only: bool = False, progress: bool = True,
 ) -> Run:
-    """Validate and build everything for a run; write nothing. Raises ErasediffError on bad input."""
+    """Validate and build everything for a run; write nothing. Raises ErasediffError on bad input.
+
+    progress: show the bars of setup work (generated D_r, a method's own sampling).
+    """
     method_cls = get_method(cfg.method.name)
     if training_only and not method_cls.training_objective:
         raise ConfigError(
@@ -295,5 +324,7 @@ def prepare(
         del ema_model
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     state = TrainState(cfg, backbone, model, params, names, optimizer, lr_scheduler, ema, generator)
+    if method.needs_remain and cfg.data.remain_source == "generated":
+        data.remain = generated_remain(state, dataset.num_classes, progress)
     method.setup(state, data)
     return Run(cfg, run_dir, state, method, data, dataset, resume_from)

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from erasediff.errors import DataError
 
-DATASETS = ("digits", "cifar10", "folder")
+DATASETS = ("digits", "cifar10", "folder", "celebahq", "prompt_folder")
 SPLITS = ("train", "test")
 CIFAR10_ROOT = "data/cifar10"
+CELEBAHQ_ANNOTATIONS = "CelebAMask-HQ-attribute-anno.txt"
 DIGITS_SIZE = 16
 
 
@@ -40,12 +41,21 @@ class LabeledImages:
     name: str
 
 
-def load_dataset(name: str, *, root: str | None = None, split: str = "train", image_size: int | None = None,
-                 hflip: bool = False, download: bool = True) -> LabeledImages:
-    """Load dataset `name` ("digits" | "cifar10" | "folder") at `split` ("train" | "test").
+def dataset_from_config(d, split: str, *, hflip: bool | None = None) -> LabeledImages:
+    """`load_dataset` with every setting of a `DataConfig` `d` (hflip: None = d.hflip)."""
+    return load_dataset(d.dataset, root=d.root, split=split, image_size=d.image_size,
+                        hflip=d.hflip if hflip is None else hflip, download=d.download,
+                        attribute=d.attribute, attribute_file=d.attribute_file, prompts=d.prompts)
 
-    image_size is the side in pixels (digits default 16, cifar10 fixed at 32, folder required).
-    hflip adds a random horizontal flip (training augmentation); it is refused on digits.
+
+def load_dataset(name: str, *, root: str | None = None, split: str = "train", image_size: int | None = None,
+                 hflip: bool = False, download: bool = True, attribute: str | None = None,
+                 attribute_file: str | None = None, prompts: Sequence[str] = ()) -> LabeledImages:
+    """Load dataset `name` ("digits" | "cifar10" | "folder" | "celebahq") at `split` ("train" | "test").
+
+    image_size is the side in pixels (digits default 16, cifar10 fixed at 32, folder required,
+    celebahq default 256). hflip adds a random horizontal flip (training augmentation); it is refused
+    on digits. attribute / attribute_file: celebahq's labels (see `_load_celebahq`).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}: valid datasets are {', '.join(DATASETS)}")
@@ -57,6 +67,12 @@ def load_dataset(name: str, *, root: str | None = None, split: str = "train", im
         return _load_digits(split, image_size or DIGITS_SIZE, hflip)
     if name == "cifar10":
         return _load_cifar10(root or CIFAR10_ROOT, split, image_size, hflip, download)
+    if name == "celebahq":
+        return _load_celebahq(root, attribute, attribute_file, image_size or 256, hflip)
+    if name == "prompt_folder":  # Stable Diffusion: images + manifest.csv, label = prompt index
+        from erasediff.data.prompts import load_prompt_folder
+
+        return load_prompt_folder(root, prompts, image_size or 512, hflip)
     return _load_folder(root, split, image_size, hflip)
 
 
@@ -135,6 +151,80 @@ def _load_folder(root: str | None, split: str, image_size: int | None, hflip: bo
         raise DataError(f"no images in folder '{path}': expected {path}/<class_name>/<image> ({_one_line(exc)})") from exc
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     return LabeledImages(ds, labels, len(ds.classes), list(ds.classes), 3, image_size, "folder")
+
+
+class _ImageFiles(Dataset):
+    """Item i = (transform(RGB image of paths[i]), labels[i]); images are read on access."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), int(self.labels[i])
+
+
+def read_attribute_file(path: Path) -> tuple[list[str], list[str], torch.Tensor]:
+    """Parse a CelebA / CelebAMask-HQ attribute annotation file.
+
+    Format (both datasets): line 1 = number of images; line 2 = the 40 attribute names; then one line
+    per image: `<file name> <40 values in {-1, 1}>`. Returns (attribute names, file names,
+    values (N, A) int8 in {-1, 1}).
+    """
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) < 3:
+        raise DataError(f"attribute file {path} is empty or truncated: expected a count line, a line of attribute "
+                        "names and one line per image")
+    names = lines[1]
+    files, values = [], []
+    for k, row in enumerate(lines[2:], start=3):
+        if len(row) != len(names) + 1 or any(v not in ("1", "-1") for v in row[1:]):
+            raise DataError(f"attribute file {path}, line {k}: expected '<file> ' followed by {len(names)} values in "
+                            f"{{-1, 1}} (got {len(row)} fields)")
+        files.append(row[0])
+        values.append([int(v) for v in row[1:]])
+    return names, files, torch.tensor(values, dtype=torch.int8)
+
+
+def _load_celebahq(root: str | None, attribute: str | None, attribute_file: str | None, image_size: int,
+                   hflip: bool) -> LabeledImages:
+    """CelebA-HQ (or CelebA) images labelled by one attribute: 1 = has it, 0 = does not.
+
+    root: the image folder (CelebAMask-HQ's `CelebA-HQ-img/` with 0.jpg ... 29999.jpg); attribute_file:
+    the annotation file the user provides (default <root>/CelebAMask-HQ-attribute-anno.txt, also
+    looked up one level above root as CelebAMask-HQ ships it). CelebA-HQ has no train/test split:
+    both splits are every annotated image (the unconditional experiments of PAPER.md §4.3 evaluate on
+    generated images only). Images are resized and center-cropped to image_size, in [-1, 1].
+    """
+    if root is None:
+        raise DataError("the celebahq dataset needs data.root: the folder of CelebA-HQ images (e.g. CelebA-HQ-img)")
+    folder = Path(root)
+    if not folder.is_dir():
+        raise DataError(f"CelebA-HQ image folder '{root}' does not exist")
+    if attribute_file is not None:
+        anno = Path(attribute_file)
+    else:
+        candidates = [folder / CELEBAHQ_ANNOTATIONS, folder.parent / CELEBAHQ_ANNOTATIONS]
+        anno = next((c for c in candidates if c.is_file()), candidates[0])
+    if not anno.is_file():
+        raise DataError(f"CelebA-HQ attribute file not found: {anno} (set data.attribute_file to the "
+                        f"{CELEBAHQ_ANNOTATIONS} the dataset ships)")
+    names, files, values = read_attribute_file(anno)
+    if attribute not in names:
+        raise DataError(f"unknown CelebA attribute {attribute!r} in {anno}; valid attributes: {', '.join(names)}")
+    paths = [folder / f for f in files]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} images listed in {anno} are missing from '{root}' "
+                        f"(first: {missing[0].name})")
+    labels = (values[:, names.index(attribute)] > 0).long()
+    ds = _ImageFiles(paths, labels, _to_unit_range(hflip, image_size))
+    return LabeledImages(ds, labels, 2, [f"not_{attribute}", attribute], 3, image_size, "celebahq")
 
 
 def images_of_classes(data: LabeledImages, classes: Sequence[int],
