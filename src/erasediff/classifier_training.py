@@ -1,8 +1,13 @@
 """`train-classifier`: the evaluation classifier, trained on real images of the config's dataset.
 
-Digits (offline): the small CNN of `metrics.classifier`, trained on the train split, accuracy reported
-on the test split. (CIFAR10's ImageNet-pretrained ResNet34 fine-tuned at 224 px, as SA does, is not
-available offline and is not built yet.)
+The `classifier` config section picks the architecture (PAPER.md §5 "Forget-class classifier metrics"):
+- digits_cnn: the small CNN of `metrics.classifier` (offline digits, CPU, ~30 s);
+- resnet34: SA's CIFAR10 judge (PEERS.md §1), an ImageNet-pretrained torchvision ResNet34 fine-tuned on
+  the 32 px images resized to 224 px inside the model, with SA's Adam recipe (body lr, head lr_head,
+  weight decay, random horizontal flip). Needs a GPU in practice and, with pretrained: true, the
+  ImageNet weights (downloaded on first use).
+Trained on the train split (all classes), accuracy reported on the test split; saved with
+`save_classifier` so that `load_classifier` (evaluation) rebuilds it without downloads.
 """
 
 from __future__ import annotations
@@ -14,33 +19,47 @@ from typing import Any
 import torch
 
 from .config import RunConfig
-from .data import load_dataset
-from .errors import ConfigError
-from .metrics import DigitsCNN, accuracy_metrics, classifier_outputs, save_classifier, train_classifier
+from .data import dataset_from_config
+from .metrics import accuracy_metrics, classifier_outputs, save_classifier, train_classifier
 
 
 def _stack(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (N, C, H, W) in [-1, 1] and labels (N,) of a `LabeledImages`, in memory."""
+    tensors = getattr(data.dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        return tensors[0], data.labels
     images = torch.stack([data.dataset[i][0] for i in range(len(data.dataset))])
     return images, data.labels
 
 
-def train_eval_classifier(cfg: RunConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Train on the train split, measure test accuracy, save to `out`; returns the info dict."""
+def train_eval_classifier(cfg: RunConfig, out: Path, progress: bool = True,
+                          device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train on the train split, measure test accuracy, save to `out`; returns the info dict.
+
+    device: where to train (default: the config's `device`, "auto" = CUDA when available). The
+    saved classifier.json holds the architecture and the returned info (test_acc, train_time_s, ...).
+    """
     d, c = cfg.data, cfg.classifier
-    if d.dataset != "digits":
-        raise ConfigError(f"train-classifier supports data.dataset 'digits' in this version (got '{d.dataset}'); valid: digits")
-    train = load_dataset(d.dataset, root=d.root, split="train", image_size=d.image_size)
-    test = load_dataset(d.dataset, root=d.root, split="test", image_size=d.image_size)
+    if device is None:
+        from .loop import resolve_device  # late import: the training loop pulls in diffusers
+
+        device = resolve_device(cfg.device)
+    device = torch.device(device)
+    train = dataset_from_config(d, "train", hflip=False)  # augmentation happens in train_classifier
+    test = dataset_from_config(d, "test", hflip=False)
     x_train, y_train = _stack(train)
     x_test, y_test = _stack(test)
     t0 = time.perf_counter()
-    model: DigitsCNN = train_classifier(
-        x_train, y_train, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed, augment=c.augment, progress=progress,
-        in_channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
+    model = train_classifier(
+        x_train, y_train, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed, augment=c.augment,
+        progress=progress, in_channels=train.channels, image_size=train.image_size, num_classes=train.num_classes,
+        arch=c.arch, input_size=c.image_size, pretrained=c.pretrained and c.arch == "resnet34",
+        lr_head=c.lr_head, weight_decay=c.weight_decay, device=device,
     )
     wall = time.perf_counter() - t0
-    logits, _ = classifier_outputs(model, x_test)
+    logits, _ = classifier_outputs(model, x_test, batch_size=512 if c.arch == "digits_cnn" else 128)
     info = {"test_acc": accuracy_metrics(logits, y_test)["acc"], "train_time_s": round(wall, 2),
-            "dataset": d.dataset, "epochs": c.epochs}
-    save_classifier(model, out, extra=info)
+            "dataset": d.dataset, "epochs": c.epochs, "pretrained": c.pretrained and c.arch == "resnet34",
+            "device": str(device)}
+    save_classifier(model.cpu(), out, extra=info)
     return info

@@ -54,50 +54,54 @@ def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from torchvision.utils import save_image
-
-    from .backbones import build_backbone
-    from .evaluate import class_rows, load_eval_model, save_rows_png
-    from .loop import resolve_device
-    from .samplers import sample_classes
+    from .evaluate import class_rows, save_rows_png
+    from .sampling import read_samples, sample_to_folder
 
     num_classes = cfg.model.arch.num_classes
     classes = args.classes if args.classes is not None else list(range(num_classes))
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise ErasediffError(f"--classes {bad} out of range: valid classes are 0..{num_classes - 1}")
-    out = _fresh_dir(Path(args.output_dir))
-    device = resolve_device(cfg.device)
-    backbone = build_backbone(cfg, device)
-    model = load_eval_model(backbone, args.model, cfg.sample.use_ema)
-    shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
-    images, labels = sample_classes(backbone, model, classes, args.n_per_class, shape, cfg.sample, progress=not args.no_progress)
-    rows = ["path,class,seed,index"]
-    for c in classes:
-        (out / str(c)).mkdir(parents=True, exist_ok=True)
-    for i, (img, c) in enumerate(zip(images, labels.tolist())):
-        idx = i % args.n_per_class
-        rel = f"{c}/{idx:05d}.png"
-        save_image((img + 1) / 2, out / rel)
-        rows.append(f"{rel},{c},{cfg.sample.seed},{idx}")
-    (out / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (out / "config.resolved.yaml").write_text(dump_config(cfg))
-    save_rows_png(out / "grid.png", [class_rows(images, labels, min(8, args.n_per_class))], min(8, args.n_per_class))
-    print(f"wrote {len(labels)} images to {out} (manifest.csv, grid.png, config.resolved.yaml)")
+    if args.n_per_class < 1:
+        raise ErasediffError(f"--n-per-class must be >= 1 (got {args.n_per_class})")
+    out = Path(args.output_dir)
+    info = sample_to_folder(cfg, args.model, out, {c: args.n_per_class for c in classes}, progress=not args.no_progress)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # the other processes of a multi-process launch only sample
+        print(json.dumps(info))
+        return
+    if not (out / "config.resolved.yaml").is_file():
+        (out / "config.resolved.yaml").write_text(dump_config(cfg))
+    per_row = min(8, args.n_per_class)
+    images, labels = read_samples(out, {c: per_row for c in classes}, cfg.model.arch.in_channels)
+    save_rows_png(out / "grid.png", [class_rows(images, labels, per_row)], per_row)
+    print(json.dumps(info))
+    print(f"wrote {info['sampled']} new images to {out} ({info['skipped']} already there): <class>/NNNNN.png, "
+          "manifest.csv, sample.json, grid.png, config.resolved.yaml")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from .evaluate import class_rows, evaluate, save_rows_png
 
-    out = _fresh_dir(Path(args.output_dir) if args.output_dir else Path(args.model) / "eval")
-    metrics, images, labels = evaluate(cfg, args.model, classifier_dir=args.classifier, progress=not args.no_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "config.resolved.yaml").write_text(dump_config(cfg))
-    save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)], cfg.sample.grid_per_class)
-    print(json.dumps({k: metrics[k] for k in ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain")}))
-    print(f"wrote {out}: metrics.json, grid.png, config.resolved.yaml")
+    if args.output_dir is not None and len(args.model) > 1:
+        raise ErasediffError("--output-dir takes one --model; with several models each writes MODEL/eval")
+    outs = [Path(args.output_dir) if args.output_dir else Path(m) / "eval" for m in args.model]
+    for out in outs:  # check them all before the first (minutes-long) evaluation
+        if (out / "metrics.json").exists():
+            raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
+                                 "choose another --output-dir")
+    headline = ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain", "fid", "precision", "recall", "is_mean", "l2",
+                "relative_l2")
+    for model, out in zip(args.model, outs):
+        metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier, progress=not args.no_progress,
+                                           samples_dir=out / "samples", reference=args.reference)
+        (out / "config.resolved.yaml").write_text(dump_config(cfg))
+        save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)], cfg.sample.grid_per_class)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(json.dumps({"model": model, **{k: metrics[k] for k in headline if k in metrics}}))
+        print(f"wrote {out}: metrics.json, grid.png, samples/, config.resolved.yaml")
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -166,23 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its newest checkpoint")
         p.set_defaults(func=lambda a, u=unlearn: cmd_train(a, u))
 
-    p = sub.add_parser("sample", help="generate N images per class into a folder with a manifest",
+    p = sub.add_parser("sample", help="generate N images per class into a folder with a manifest (resumable, sharded)",
                        description="generate N images per class (evaluation seed `sample.seed`) into DIR/<class>/NNNNN.png, "
-                       "with manifest.csv and grid.png")
+                       "with manifest.csv, sample.json and grid.png. Images already in DIR are kept (a re-run resumes or "
+                       "extends the folder); a folder of another model or sampler is refused. Under `accelerate launch "
+                       "--num_processes N -m erasediff sample ...` (GPUs) or `torchrun --nproc_per_node N -m erasediff "
+                       "sample ...` (CPUs) the processes split the work.")
     _common(p)
     p.add_argument("--model", required=True, help="run directory, model directory or Hub id")
-    p.add_argument("--output-dir", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--output-dir", required=True, help="sample folder (new, or one of the same model and sampler)")
     p.add_argument("--n-per-class", type=int, default=16)
     p.add_argument("--classes", type=int, nargs="+", help="classes to sample (default: all)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="classifier metrics of a model: p_f, entropy_f, acc_remain, fd_remain",
-                       description="sample evaluate.n_per_class images per class and score them with a classifier "
-                       "(forgotten classes from data.forget_classes)")
+    p = sub.add_parser("evaluate", help="metrics of models: p_f, entropy_f, acc_remain, fd_remain, FID, P/R, IS, WD",
+                       description="sample evaluate.n_per_class images per remaining class and evaluate.n_forget per "
+                       "forgotten class (data.forget_classes) into OUT/samples, then compute evaluate.metrics")
     _common(p)
-    p.add_argument("--model", required=True, help="run directory, model directory or Hub id")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="run directories, model directories or Hub ids (several: one process evaluates them all)")
     p.add_argument("--classifier", help="classifier directory (default evaluate.classifier)")
-    p.add_argument("--output-dir", help="where metrics.json and grid.png go (default MODEL/eval)")
+    p.add_argument("--reference", help="the Retrain model for evaluate.metrics weight_distance")
+    p.add_argument("--output-dir", help="where metrics.json, grid.png and samples/ go (default MODEL/eval); an "
+                   "interrupted evaluation resumes its samples/")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train-classifier", help="train the evaluation classifier on real data (digits CNN)",

@@ -268,22 +268,78 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Classifier-based forgetting metrics (PAPER.md §5)."""
+    """What `evaluate` measures (PAPER.md §5) and on how many generated images.
+
+    n_per_class: images per remaining class (Table 1 FID: 5000); n_forget: images per forgotten class
+    (Table 1 classifier set: 500; None = n_per_class). metrics, any of:
+      classifier        p_f, entropy_f, acc_f over the forgotten classes; acc_remain and fd_remain (the
+                        Fréchet distance in the classifier's feature space) over the remaining ones
+      per_class_fd      that Fréchet distance for every class separately (fd_class_<c>; Table 3 on digits)
+      fid               FID of the remaining classes pooled against the real ones (features: fid_features)
+      per_class_fid     FID of every class against its own real images (fid_class_<c>; Table 3)
+      precision_recall  improved precision / recall, k = 3 (Kynkäänniemi 2019), remaining classes
+      inception_score   IS of the generated remaining-class images
+      weight_distance   L2 and relative L2 to a reference model (Retrain; `--reference`, Table 3's WD)
+    fid_features: inception (pytorch-fid, 2048-d pool3, downloaded on first use), inception64 (its
+    64-d first block, the torchmetrics feature=64 variant of the SD FID), classifier (the judge's
+    features: offline, digits). fid_cache: folder of cached real-image statistics.
+    quirks: the peers' protocol deviations to reproduce their numbers (metrics.quirks; none = the
+    standard protocol): minmax_stretch + bgr + swap_precision_recall + is_on_reference = SA/EraseDiff's
+    Table 1 evaluator; uint8_cast with fid_features inception64 = the Table 4 FID. Image quirks apply
+    to the generated and the real images, as the peers' scripts do.
+    """
 
     n_per_class: int = 100
+    n_forget: Optional[int] = None
     classifier: Optional[str] = None
     real_split: Literal["train", "test"] = "train"
+    metrics: tuple[Literal["classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall",
+                           "inception_score", "weight_distance"], ...] = ("classifier",)
+    fid_features: Literal["inception", "inception64", "classifier"] = "inception"
+    fid_cache: str = "results/fid_stats"
+    quirks: tuple[Literal["minmax_stretch", "bgr", "uint8_cast", "swap_precision_recall", "is_on_reference"], ...] = ()
+
+    def validate(self, path: str) -> None:
+        if self.n_per_class < 1 or (self.n_forget is not None and self.n_forget < 1):
+            raise ConfigError(f"config keys '{path}.n_per_class' / '{path}.n_forget' must be >= 1")
+        if not self.metrics:
+            raise ConfigError(f"config key '{path}.metrics' is empty: list at least one metric")
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Training of the evaluation classifier (`train-classifier`; the digits CNN on CPU)."""
+    """Training of the evaluation classifier (`train-classifier`), on the data section's train split.
 
+    arch: `digits_cnn` (the small CNN, CPU) or `resnet34` (SA's CIFAR10 judge, PEERS.md §1: ImageNet
+    ResNet34 fine-tuned at 224 px; SA's recipe is epochs 10, batch_size 128, lr 1e-5, lr_head 1e-4,
+    weight_decay 5e-4, augment true).
+    image_size: the classifier's input side; images are resized to it inside the model. resnet34 only
+    (null = 224); digits_cnn reads images at the data's size.
+    pretrained: resnet34 starts from torchvision's ImageNet weights (downloaded on first use); ignored
+    by digits_cnn.
+    lr_head: learning rate of the last (fc) layer; null = lr.
+    augment: digits_cnn shifts by ±1 px, resnet34 flips horizontally (SA).
+    """
+
+    arch: Literal["digits_cnn", "resnet34"] = "digits_cnn"
+    image_size: Optional[int] = None
+    pretrained: bool = True
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
+    lr_head: Optional[float] = None
+    weight_decay: float = 0.0
     augment: bool = True
     seed: int = 0
+
+    def validate(self, path: str) -> None:
+        if self.image_size is not None and self.arch != "resnet34":
+            raise ConfigError(f"config key '{path}.image_size' applies to arch resnet34 only (arch is {self.arch})")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"config key '{path}.image_size' must be >= 32 (got {self.image_size})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"config keys '{path}.epochs' and '{path}.batch_size' must be >= 1 "
+                              f"(got {self.epochs}, {self.batch_size})")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,18 @@
-"""Model evaluation with a classifier (PAPER.md §5 "Forget-class classifier metrics").
+"""Model evaluation (PAPER.md §5): sample every class on the evaluation noise, then score the images.
 
 For a model and a forget set C_f, images are generated for every class on the evaluation seed's
-noise (the same for every model), then the classifier gives, per forgotten class c_f:
-p_f = mean P(y = c_f | x), entropy_f = mean entropy (nats), acc_f = share classified as c_f; and over
-the remaining classes: acc_remain (classifier accuracy w.r.t. the class asked for) and fd_remain, the
-Fréchet distance between generated and real remaining-class images in the classifier's feature space.
+noise (the same for every model: `samplers.sampling_units`), `evaluate.n_forget` per forgotten and
+`evaluate.n_per_class` per remaining class. The metric groups of `evaluate.metrics` then read them:
+- classifier: per forgotten class c_f, p_f = mean P(y = c_f | x), entropy_f = mean entropy (nats),
+  acc_f = share classified as c_f (averaged over C_f, per class in `per_forget_class`); over the
+  remaining classes acc_remain (w.r.t. the class asked for) and fd_remain, the Fréchet distance
+  between generated and real remaining-class images in the classifier's feature space;
+- per_class_fd: that distance for each class on its own (`fd_class_<c>`, the digits Table 3);
+- fid / per_class_fid / precision_recall / inception_score / weight_distance: see EvaluateConfig.
 """
-
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,25 @@ from .checkpoint import resolve_pretrained
 from .config import RunConfig
 from .data import dataset_from_config, images_of_classes
 from .errors import ConfigError, ErasediffError
-from .metrics import accuracy_metrics, classifier_outputs, forgetting_metrics, frechet_distance, load_classifier
+from .metrics import (
+    EvalQuirks,
+    accuracy_metrics,
+    classifier_outputs,
+    extract_features,
+    feature_statistics,
+    fid_from_statistics,
+    forgetting_metrics,
+    frechet_distance,
+    inception_extractor,
+    inception_logits_fn,
+    inception_score,
+    load_classifier,
+    per_class_fid,
+    precision_recall,
+    reference_key,
+    reference_statistics,
+    weight_distance,
+)
 from .samplers import sample_classes
 
 
@@ -34,23 +56,21 @@ def load_eval_model(backbone: Backbone, spec: str, use_ema: bool) -> torch.nn.Mo
     return model.to(backbone.device).eval()
 
 
-def generate_for_eval(
-    cfg: RunConfig, backbone: Backbone, model: torch.nn.Module, num_classes: int, shape: tuple[int, ...],
-    n_per_class: int, progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return sample_classes(backbone, model, list(range(num_classes)), n_per_class, shape, cfg.sample, progress=progress)
-
-
 def classifier_metrics(
     classifier: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     forget_classes: list[int],
-    real_remain: torch.Tensor,
+    real_remain: torch.Tensor | None,
     real_features: Any = None,
+    outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of generated `images` (N,C,H,W) in [-1,1] made for `labels` (N,) (see module docstring)."""
-    logits, feats = classifier_outputs(classifier, images)
+    """Metrics of generated `images` (N,C,H,W) in [-1,1] made for `labels` (N,) (see module docstring).
+
+    real_remain: real remaining-class images, or their classifier features as `real_features`;
+    outputs: the classifier's (logits, features) of `images` when already computed.
+    """
+    logits, feats = outputs if outputs is not None else classifier_outputs(classifier, images)
     out: dict[str, Any] = {}
     per_class = {str(c): forgetting_metrics(logits[labels == c], c) for c in forget_classes}
     for key in ("p_f", "entropy_f", "acc_f"):
@@ -67,37 +87,143 @@ def classifier_metrics(
     return out
 
 
+_REAL_FEATURES: dict[tuple[str, str], torch.Tensor] = {}  # real features, reused across the models of one process
+
+
+def _extractor(cfg: RunConfig, classifier: torch.nn.Module | None, classifier_dir: str | None, device: torch.device):
+    """(extractor images [-1, 1] -> (B, D), its id for the statistics cache, logits fn for IS)."""
+    kind = cfg.evaluate.fid_features
+    if kind == "classifier":
+        files = sorted(p for p in Path(classifier_dir).iterdir() if p.is_file())
+        digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+        return classifier.features, f"classifier-{digest}", classifier
+    net = inception_extractor(64 if kind == "inception64" else 2048, device)
+    return net, net.extractor_id, None
+
+
+def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labels: torch.Tensor, real,
+                    remain_classes: list[int], classifier, classifier_dir, device: torch.device) -> dict[str, Any]:
+    """FID (remaining classes pooled), per-class FID, precision/recall and IS in `evaluate.fid_features` space.
+
+    Real statistics come from the cache (`metrics.reference_statistics`, keyed by dataset, split,
+    classes, quirks and extractor); precision/recall needs the real features themselves, kept in
+    memory for the other models of the same process.
+    """
+    e = cfg.evaluate
+    q = EvalQuirks(**{name: True for name in e.quirks}, inception_dims=64 if e.fid_features == "inception64" else 2048)
+    extractor, extractor_id, is_logits = _extractor(cfg, classifier, classifier_dir, device)
+    quirk_tag = f"/quirks={','.join(sorted(e.quirks))}" if e.quirks else ""
+
+    def real_images(classes):
+        return lambda: q.apply(images_of_classes(real, classes)[0])
+
+    gen = q.apply(images)
+    out: dict[str, Any] = {"fid_features": extractor_id}
+    remain = torch.isin(labels, torch.tensor(remain_classes))
+    remain_key = reference_key(real.name, e.real_split, remain_classes) + quirk_tag
+    if "fid" in wanted:
+        ref = reference_statistics(remain_key, real_images(remain_classes), extractor, extractor_id, e.fid_cache)
+        gen_feats = extract_features(extractor, gen[remain])
+        out["fid"] = fid_from_statistics(*feature_statistics(gen_feats), *ref)
+    if "per_class_fid" in wanted:
+        classes = list(range(real.num_classes))
+        stats = {c: reference_statistics(reference_key(real.name, e.real_split, [c]) + quirk_tag, real_images([c]),
+                                         extractor, extractor_id, e.fid_cache) for c in classes}
+        out.update(per_class_fid(gen, labels, None, None, classes, extractor, real_statistics=stats))
+    if "precision_recall" in wanted:
+        memo = (remain_key, extractor_id)
+        if memo not in _REAL_FEATURES:
+            _REAL_FEATURES[memo] = torch.from_numpy(extract_features(extractor, real_images(remain_classes)()))
+        pr = precision_recall(_REAL_FEATURES[memo], torch.from_numpy(extract_features(extractor, gen[remain])), k=3)
+        out.update(q.apply_metrics({k: pr[k] for k in ("precision", "recall")}))
+    if "inception_score" in wanted:
+        scored = real_images(remain_classes)() if q.is_on_reference else gen[remain]
+        logits_fn = is_logits if is_logits is not None else inception_logits_fn(device)
+        out.update({k: v for k, v in inception_score(scored, logits_fn=logits_fn).items() if k in ("is_mean", "is_std")})
+    return out
+
+
+def sample_counts(cfg: RunConfig, num_classes: int) -> dict[int, int]:
+    """{class: images to generate}: evaluate.n_forget for C_f (default n_per_class), n_per_class otherwise."""
+    e, forget = cfg.evaluate, set(cfg.data.forget_classes)
+    return {c: (e.n_forget or e.n_per_class) if c in forget else e.n_per_class for c in range(num_classes)}
+
+
+def per_class_fd(features: torch.Tensor, labels: torch.Tensor, real_features: torch.Tensor, real_labels: torch.Tensor,
+                 classes: list[int], prefix: str) -> dict[str, float]:
+    """{f"{prefix}_class_<c>": Fréchet distance of class c's generated vs real features} for c in classes."""
+    return {f"{prefix}_class_{c}": frechet_distance(features[labels == c], real_features[real_labels == c]) for c in classes}
+
+
 def evaluate(
     cfg: RunConfig, model_spec: str, *, classifier_dir: str | None = None, progress: bool = True,
-    device: torch.device | None = None,
+    device: torch.device | None = None, samples_dir: str | Path | None = None, reference: str | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Sample `evaluate.n_per_class` images per class from `model_spec` and score them.
+    """Generate images of every class with `model_spec` and compute `evaluate.metrics`.
 
-    Returns (metrics, images, labels). Raises before sampling if the classifier or the model is missing.
+    samples_dir: sample through this folder (PNG files, resumable, sharded: `sampling.sample_to_folder`)
+    instead of in memory. reference: the model weight_distance compares to (Retrain).
+    Returns (metrics, images (N, C, H, W) in [-1, 1], labels (N,)). Raises before sampling on bad input.
     """
     from .loop import resolve_device
 
-    classifier_dir = classifier_dir or cfg.evaluate.classifier
-    if classifier_dir is None:
+    e, forget = cfg.evaluate, list(cfg.data.forget_classes)
+    wanted = set(e.metrics)
+    classifier_dir = classifier_dir or e.classifier
+    needs_classifier = bool(wanted & {"classifier", "per_class_fd"}) or (
+        bool(wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}) and e.fid_features == "classifier")
+    if needs_classifier and classifier_dir is None:
         raise ConfigError("evaluation needs a classifier: set evaluate.classifier or pass --classifier DIR")
-    forget = list(cfg.data.forget_classes)
-    if not forget:
+    if "classifier" in wanted and not forget:
         raise ConfigError("evaluation needs the forgotten classes: set data.forget_classes (e.g. [0])")
+    if "weight_distance" in wanted and reference is None:
+        raise ConfigError("evaluate.metrics has weight_distance: pass --reference RUN (the Retrain model)")
     device = device or resolve_device(cfg.device)
-    classifier = load_classifier(classifier_dir).to(device)
-    d = cfg.data
-    real = dataset_from_config(d, cfg.evaluate.real_split, hflip=False)
+    classifier = load_classifier(classifier_dir).to(device) if needs_classifier else None
+    real = dataset_from_config(cfg.data, e.real_split, hflip=False)
     bad = [c for c in forget if not 0 <= c < real.num_classes]
     if bad:
         raise ConfigError(f"data.forget_classes {bad} out of range: valid classes are 0..{real.num_classes - 1}")
     remain_classes = [c for c in range(real.num_classes) if c not in forget]
-    real_remain, _ = images_of_classes(real, remain_classes)
+    counts = sample_counts(cfg, real.num_classes)
     backbone = build_backbone(cfg, device)
-    model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
-    shape = (real.channels, real.image_size, real.image_size)
-    images, labels = generate_for_eval(cfg, backbone, model, real.num_classes, shape, cfg.evaluate.n_per_class, progress)
-    metrics = classifier_metrics(classifier, images.to(device), labels.to(device), forget, real_remain.to(device))
-    metrics["n_per_class"] = cfg.evaluate.n_per_class
+    if samples_dir is not None:
+        from .sampling import read_samples, sample_to_folder
+
+        sample_to_folder(cfg, model_spec, samples_dir, counts, progress=progress)
+        images, labels = read_samples(samples_dir, counts, real.channels)
+    else:
+        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+        shape = (real.channels, real.image_size, real.image_size)
+        groups: dict[int, list[int]] = {}  # classes with the same count share one call (and one progress bar)
+        for c, n in counts.items():
+            groups.setdefault(n, []).append(c)
+        parts = [sample_classes(backbone, model, cs, n, shape, cfg.sample, progress=progress) for n, cs in groups.items()]
+        images, labels = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+    metrics: dict[str, Any] = {}
+    if classifier is not None:
+        logits, feats = classifier_outputs(classifier, images.to(device))
+        labels_d = labels.to(device)
+        all_real, all_real_labels = images_of_classes(real, list(range(real.num_classes)))
+        _, real_feats = classifier_outputs(classifier, all_real.to(device))
+        real_labels_d = all_real_labels.to(device)
+        if "classifier" in wanted:
+            remain_real = torch.isin(real_labels_d, torch.tensor(remain_classes, device=device))
+            metrics.update(classifier_metrics(classifier, images.to(device), labels_d, forget, None,
+                                              real_features=real_feats[remain_real], outputs=(logits, feats)))
+        if "per_class_fd" in wanted:
+            metrics.update(per_class_fd(feats, labels_d, real_feats, real_labels_d, list(range(real.num_classes)), "fd"))
+    fid_family = wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}
+    if fid_family:
+        metrics.update(feature_metrics(cfg, fid_family, images, labels, real, remain_classes, classifier,
+                                       classifier_dir, device))
+    if "weight_distance" in wanted:
+        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+        metrics.update(weight_distance(model, load_eval_model(backbone, reference, cfg.sample.use_ema)))
+        metrics["reference"] = str(reference)
+    metrics["n_per_class"] = e.n_per_class
+    metrics["n_forget"] = e.n_forget or e.n_per_class
     metrics["model"] = str(model_spec)
     return metrics, images, labels
 

@@ -85,6 +85,34 @@ def class_noise(classes: list[int], n_per_class: int, shape: tuple[int, ...], se
     return torch.cat(chunks)
 
 
+def sampling_units(classes: list[int], n_per_class: int, batch_size: int) -> list[tuple[int, int, int]]:
+    """The work units of class sampling: (class, start, stop) index ranges of at most `batch_size`.
+
+    A batch never mixes classes, and each unit has its own step-noise generator (`unit_generator`), so
+    image i of class c is a function of (model, sample config, c, i) alone: the same whether it is
+    sampled in memory, into a folder, on one process or sharded over many, in one go or resumed.
+    (For stochastic samplers sample.batch_size is part of that identity: it sets the units.)
+    """
+    return [(c, a, min(a + batch_size, n_per_class)) for c in classes for a in range(0, n_per_class, batch_size)]
+
+
+def unit_generator(seed: int, c: int, start: int, device: torch.device) -> torch.Generator:
+    """The generator of the per-step noise (DDPM, DDIM η > 0) of unit (c, start, ·)."""
+    return torch.Generator(device=device).manual_seed(seed * 7919 + c * 1_000_003 + start)
+
+
+def sample_unit(backbone: Backbone, model: nn.Module, c: int, start: int, stop: int, noise_c: torch.Tensor,
+                shape: tuple[int, ...], cfg: SampleConfig) -> torch.Tensor:
+    """Images start..stop−1 of class c: (stop−start, C, H, W) in [-1, 1] on the CPU.
+
+    noise_c: (≥ stop, C, H, W) = class_noise([c], ≥ stop, shape, cfg.seed) (a prefix of the class's noise
+    stream, so any n ≥ stop gives the same rows).
+    """
+    cond = backbone.condition_for_classes(torch.full((stop - start,), c, dtype=torch.long))
+    gen = unit_generator(cfg.seed, c, start, backbone.device)
+    return sample(backbone, model, cond, noise_c[start:stop], cfg, generator=gen).cpu()
+
+
 def sample_classes(
     backbone: Backbone,
     model: nn.Module,
@@ -94,20 +122,19 @@ def sample_classes(
     cfg: SampleConfig,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n_per_class` images for each class, in batches of `cfg.batch_size`, on fixed noise.
+    """`n_per_class` images for each class, in single-class batches of ≤ `cfg.batch_size`, on fixed noise.
 
     Returns (images (N, C, H, W) in [-1, 1] on the CPU, labels (N,) int64) with N = len(classes)·n,
-    grouped by class in the order given. Deterministic for a given `cfg.seed`.
+    grouped by class in the order given. Deterministic for a given `cfg.seed` (see `sampling_units`).
     """
     labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(n_per_class)
-    noise = class_noise(classes, n_per_class, shape, cfg.seed)
     out = []
     bar = tqdm(total=len(labels), desc="generating", unit="img", disable=not progress)
-    for b, start in enumerate(range(0, len(labels), cfg.batch_size)):
-        stop = min(start + cfg.batch_size, len(labels))
-        gen = torch.Generator(device=backbone.device).manual_seed(cfg.seed * 7919 + b)
-        cond = backbone.condition_for_classes(labels[start:stop])
-        out.append(sample(backbone, model, cond, noise[start:stop], cfg, generator=gen).cpu())
+    noise: dict[int, torch.Tensor] = {}
+    for c, start, stop in sampling_units(classes, n_per_class, cfg.batch_size):
+        if c not in noise:
+            noise = {c: class_noise([c], n_per_class, shape, cfg.seed)}
+        out.append(sample_unit(backbone, model, c, start, stop, noise[c], shape, cfg))
         bar.update(stop - start)
     bar.close()
     return torch.cat(out), labels

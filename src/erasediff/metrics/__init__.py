@@ -1,25 +1,87 @@
-"""Evaluation metrics: the digits classifier with the forget-class metrics, and the Fréchet distance."""
+"""Evaluation metrics (PAPER.md §5), each `fn(...) -> dict` unless it is a building block.
+
+- classifier: the evaluation classifiers (digits CNN; SA's CIFAR10 ResNet34) and the forget-class
+  metrics p_f / entropy_f / acc_f and per-class accuracy from their logits;
+- fid: FID on tensors, folders or cached reference statistics, per-class FID (Table 3), with the
+  feature extractor as an argument (pytorch-fid's Inception-v3, or a classifier's features offline);
+- precision_recall: improved precision/recall (Kynkäänniemi et al. 2019, k = 3);
+- inception_score: Inception Score;
+- weights: weight distance to the Retrain model (Table 3 "WD");
+- quirks: the peers' evaluation quirks as named options (standard behaviour by default).
+"""
 
 from .classifier import (
+    ARCHS,
     DigitsCNN,
+    ResNetClassifier,
     accuracy_metrics,
+    build_classifier,
     classifier_outputs,
     forgetting_metrics,
     load_classifier,
     save_classifier,
     train_classifier,
 )
-from .fid import extract_features, feature_statistics, frechet_distance
+from .fid import (
+    INCEPTION_DIMS,
+    InceptionFeatures,
+    extract_features,
+    feature_statistics,
+    fid_from_folders,
+    fid_from_images,
+    fid_from_statistics,
+    frechet_distance,
+    image_files,
+    inception_extractor,
+    iter_image_folder,
+    load_image_folder,
+    per_class_fid,
+    reference_key,
+    reference_statistics,
+    reference_statistics_path,
+)
+from .inception_score import InceptionLogits, inception_logits_fn, inception_score, inception_score_from_logits
+from .precision_recall import knn_radii, precision_recall
+from .quirks import EvalQuirks, bgr, minmax_stretch, swap_precision_recall, uint8_cast
+from .weights import weight_distance
 
 __all__ = [
+    "ARCHS",
     "DigitsCNN",
+    "EvalQuirks",
+    "INCEPTION_DIMS",
+    "InceptionFeatures",
+    "InceptionLogits",
+    "ResNetClassifier",
     "accuracy_metrics",
+    "bgr",
+    "build_classifier",
     "classifier_outputs",
     "extract_features",
     "feature_statistics",
+    "fid_from_folders",
+    "fid_from_images",
+    "fid_from_statistics",
     "forgetting_metrics",
     "frechet_distance",
+    "image_files",
+    "inception_extractor",
+    "inception_logits_fn",
+    "inception_score",
+    "inception_score_from_logits",
+    "iter_image_folder",
+    "knn_radii",
     "load_classifier",
+    "load_image_folder",
+    "minmax_stretch",
+    "per_class_fid",
+    "precision_recall",
+    "reference_key",
+    "reference_statistics",
+    "reference_statistics_path",
     "save_classifier",
+    "swap_precision_recall",
     "train_classifier",
+    "uint8_cast",
+    "weight_distance",
 ]

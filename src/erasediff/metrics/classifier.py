@@ -1,10 +1,16 @@
-"""The evaluation classifier and the forget-class metrics computed from its outputs (PAPER.md §5).
+"""The evaluation classifiers and the forget-class metrics computed from their outputs (PAPER.md §5).
 
 After unlearning class c_f, images generated for c_f should stop looking like c_f to an independent
-classifier. On the offline digits data (1x16x16 in [-1, 1], 10 classes) that classifier is the small
-CNN below, trained on real images only. From its logits on generated images come
-p_f (mean softmax probability of c_f, lower is better), entropy_f (mean entropy in nats, at most ln K)
-and acc_f (share whose argmax is c_f); its penultimate features feed the Fréchet distance (`fid.py`).
+classifier, trained on real images only. Two architectures:
+- `DigitsCNN`: on the offline digits data (1x16x16 in [-1, 1], 10 classes), a small CNN.
+- `ResNetClassifier`: SA's CIFAR10 judge (PEERS.md §1 "Classifier evaluation"), a torchvision
+  ResNet34, ImageNet-pretrained, fc -> Linear(512, 10) with xavier init, fine-tuned on images resized
+  to 224 px and normalised with mean = std = 0.5, i.e. the [-1, 1] range the project already uses.
+  The resize is inside the model, so callers pass generated 32 px images as they are.
+Both take images (B, C, H, W) in [-1, 1] and have `.features` (penultimate vector) and `.head`. From
+the logits on generated images come p_f (mean softmax probability of c_f, lower is better),
+entropy_f (mean entropy in nats, at most ln K) and acc_f (share whose argmax is c_f); the features
+feed the Fréchet distance (`fid.py`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
 from tqdm.auto import tqdm
 
 from erasediff.errors import ErasediffError
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
-_ARCH_KEYS = ("in_channels", "image_size", "num_classes", "feature_dim")
+ARCHS = ("digits_cnn", "resnet34")
+_ARCH_KEYS = ("in_channels", "image_size", "num_classes", "feature_dim")  # DigitsCNN's constructor arguments
+_RESNET_KEYS = ("num_classes", "input_size")  # ResNetClassifier's
 
 
 class DigitsCNN(nn.Module):
@@ -35,7 +44,7 @@ class DigitsCNN(nn.Module):
         super().__init__()
         if image_size < 4 or image_size % 4:
             raise ErasediffError(f"DigitsCNN needs image_size divisible by 4 and >= 4 (got {image_size})")
-        self.config = {"in_channels": in_channels, "image_size": image_size,
+        self.config = {"arch": "digits_cnn", "in_channels": in_channels, "image_size": image_size,
                        "num_classes": num_classes, "feature_dim": feature_dim}
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -52,6 +61,92 @@ class DigitsCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits: x (B, C, H, W) in [-1, 1] -> (B, num_classes) float."""
         return self.head(self.features(x))
+
+
+class ResNetClassifier(ResNet):
+    """SA's CIFAR10 evaluation classifier: torchvision ResNet34 with a num_classes fc, resizing its input.
+
+    Input: images (B, 3, H, W) in [-1, 1] at any size; they are resized bilinearly to input_size
+    (224, as SA's `transforms.Resize((224, 224))`; antialiased when shrinking) and fed on as they are,
+    since SA normalises with mean = std = 0.5, which is the [-1, 1] range. Parameter names are
+    torchvision's, so SA's `cifar10_resnet34.pth` state dict loads with `load_state_dict`.
+    """
+
+    def __init__(self, num_classes: int = 10, input_size: int = 224):
+        super().__init__(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)  # the resnet34 layout
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 32:
+            raise ErasediffError(f"ResNetClassifier input_size must be an int >= 32 (got {input_size!r})")
+        self.config = {"arch": "resnet34", "num_classes": num_classes, "input_size": input_size}
+        self.input_size = input_size
+        nn.init.xavier_uniform_(self.fc.weight)  # SA's fc initialisation
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled 512-d features: x (B, 3, H, W) in [-1, 1] -> (B, 512) float."""
+        if x.shape[1] != 3:
+            raise ErasediffError(f"ResNetClassifier takes 3-channel images (got {x.shape[1]} channels)")
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            shrink = x.shape[-1] > self.input_size
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=shrink)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) from `features`."""
+        return self.fc(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: x (B, 3, H, W) in [-1, 1] -> (B, num_classes) float."""
+        return self.fc(self.features(x))
+
+
+def _imagenet_resnet34_state() -> dict:
+    """torchvision's ImageNet ResNet34 weights (IMAGENET1K_V1, what SA's `pretrained=True` loads), without fc."""
+    from torchvision.models import ResNet34_Weights
+
+    weights = ResNet34_Weights.IMAGENET1K_V1
+    try:
+        state = weights.get_state_dict(progress=True)
+    except OSError as exc:
+        raise ErasediffError(f"could not fetch the ImageNet ResNet34 weights ({weights.url}): {type(exc).__name__}: "
+                             f"{exc}; put the file into {torch.hub.get_dir()}/checkpoints, or set "
+                             "classifier.pretrained: false") from exc
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def build_classifier(arch: str = "digits_cnn", *, in_channels: int = 1, image_size: int = 16, num_classes: int = 10,
+                     input_size: int | None = None, pretrained: bool = False) -> nn.Module:
+    """A fresh evaluation classifier for images (in_channels, image_size, image_size) in [-1, 1].
+
+    digits_cnn: `DigitsCNN` (input_size and pretrained do not apply). resnet34: `ResNetClassifier`
+    with input_size (None = 224, SA's) and, if pretrained, the ImageNet body weights (downloaded on
+    first use) under a freshly initialised fc. Uses the global RNG for initialisation.
+    """
+    if arch == "digits_cnn":
+        if input_size is not None and input_size != image_size:
+            raise ErasediffError(f"digits_cnn reads images at their own size ({image_size}); input_size applies to "
+                                 f"resnet34 only (got {input_size})")
+        if pretrained:
+            raise ErasediffError("digits_cnn has no pretrained weights; pretrained applies to resnet34 only")
+        return DigitsCNN(in_channels, image_size, num_classes)
+    if arch == "resnet34":
+        if in_channels != 3:
+            raise ErasediffError(f"resnet34 takes RGB images (3 channels); these have {in_channels}")
+        model = ResNetClassifier(num_classes, 224 if input_size is None else input_size)
+        if pretrained:
+            missing, unexpected = model.load_state_dict(_imagenet_resnet34_state(), strict=False)
+            if unexpected or sorted(missing) != ["fc.bias", "fc.weight"]:
+                raise ErasediffError(f"ImageNet ResNet34 weights do not fit: missing {missing}, "
+                                     f"unexpected {unexpected}")
+        return model
+    raise ErasediffError(f"unknown classifier arch {arch!r}: valid archs are {', '.join(ARCHS)}")
+
+
+def _random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (SA's RandomHorizontalFlip for CIFAR10)."""
+    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, x.flip(-1), x)
 
 
 def _random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,12 +173,18 @@ def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
     seed: int = 0, augment: bool = True, progress: bool = True,
     in_channels: int = 1, image_size: int = 16, num_classes: int = 10,
-) -> DigitsCNN:
-    """Train a `DigitsCNN` with Adam on real images; returns it in eval mode.
+    arch: str = "digits_cnn", input_size: int | None = None, pretrained: bool = False,
+    lr_head: float | None = None, weight_decay: float = 0.0, device: str | torch.device | None = None,
+) -> nn.Module:
+    """Train an evaluation classifier (`build_classifier(arch, ...)`) with Adam on real images; eval mode.
 
-    images: (N, C, H, W) float in [-1, 1]; labels: (N,) int64 in [0, num_classes). Training runs on the
-    images' device. Initialisation, shuffling and augmentation are fixed by `seed` and leave the
-    caller's global RNG untouched, so the evaluation classifier is reproducible.
+    images: (N, C, H, W) float in [-1, 1]; labels: (N,) int64 in [0, num_classes). Training runs on
+    `device` (default: the images' device), one batch at a time. augment: digits_cnn shifts by ±1 px
+    (digits must not be mirrored), resnet34 flips horizontally (SA). lr_head: the fc/head learning
+    rate (None = lr); SA's CIFAR10 recipe is lr 1e-5, lr_head 1e-4, weight_decay 5e-4, 10 epochs,
+    batch 128. Initialisation, shuffling and augmentation are fixed by `seed` and leave the caller's
+    global RNG untouched, so the evaluation classifier is reproducible (a pretrained body is fixed
+    by its weights).
     """
     _check_images(images, "classifier training images")
     if images.shape[1:] != (in_channels, image_size, image_size):
@@ -95,51 +196,71 @@ def train_classifier(
         raise ErasediffError(f"labels must lie in 0..{num_classes - 1} (got {int(labels.min())}..{int(labels.max())})")
     if epochs < 1 or batch_size < 1:
         raise ErasediffError(f"epochs and batch_size must be >= 1 (got epochs={epochs}, batch_size={batch_size})")
-    device = images.device
-    labels = labels.to(device=device, dtype=torch.int64)
+    device = torch.device(device) if device is not None else images.device
+    labels = labels.to(dtype=torch.int64)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        model = DigitsCNN(in_channels, image_size, num_classes).to(device)
+        model = build_classifier(arch, in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+                                 input_size=input_size, pretrained=pretrained).to(device)
+    head = model.fc if isinstance(model, ResNetClassifier) else model.head
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    head_lr = lr if lr_head is None else lr_head
+    opt = torch.optim.Adam([{"params": body}, {"params": list(head.parameters()), "lr": head_lr}],
+                           lr=lr, weight_decay=weight_decay)
+    augment_fn = _random_hflip if arch == "resnet34" else _random_shift
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in tqdm(range(epochs), desc="classifier", unit="epoch", disable=not progress):
-        order = torch.randperm(len(images), generator=generator).to(device)
+        order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
-            x = _random_shift(images[idx], generator) if augment else images[idx]
-            loss = F.cross_entropy(model(x), labels[idx])
+            x = images[idx.to(images.device)].to(device)
+            x = augment_fn(x, generator) if augment else x
+            loss = F.cross_entropy(model(x), labels[idx.to(labels.device)].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return model.eval()
 
 
-def save_classifier(model: DigitsCNN, directory, *, extra: dict | None = None) -> None:
-    """Write directory/classifier.safetensors (weights) and directory/classifier.json.
+def save_classifier(model: nn.Module, directory, *, extra: dict | None = None) -> None:
+    """Write directory/classifier.safetensors (weights and buffers) and directory/classifier.json.
 
-    The JSON holds the constructor arguments and, at top level, the keys of `extra` (e.g. test_acc).
+    The JSON holds `arch` and the constructor arguments (`model.config`) and, at top level, the keys
+    of `extra` (e.g. test_acc).
     """
     extra = dict(extra or {})
-    clash = sorted(set(extra) & set(_ARCH_KEYS))
+    reserved = {"arch", *_ARCH_KEYS, *_RESNET_KEYS}
+    clash = sorted(set(extra) & reserved)
     if clash:
-        raise ErasediffError(f"extra keys {clash} clash with the classifier's constructor arguments {list(_ARCH_KEYS)}")
+        raise ErasediffError(f"extra keys {clash} clash with the classifier's constructor arguments {sorted(reserved)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps({**model.config, **extra}, indent=2) + "\n")
 
 
-def load_classifier(directory) -> DigitsCNN:
-    """Load a classifier written by `save_classifier`, on CPU and in eval mode."""
+def load_classifier(directory) -> nn.Module:
+    """Load a classifier written by `save_classifier`, on CPU and in eval mode (never downloads weights).
+
+    A classifier.json without `arch` (written before ResNet support) is a digits_cnn.
+    """
     directory = Path(directory)
     missing = [p for p in (directory / CONFIG_FILE, directory / WEIGHTS_FILE) if not p.is_file()]
     if missing:
         raise ErasediffError(f"classifier not found: {missing[0]} is missing "
                              f"(train one with `erasediff train-classifier` or pass its directory)")
     config = json.loads((directory / CONFIG_FILE).read_text())
-    model = DigitsCNN(**{k: config[k] for k in _ARCH_KEYS if k in config})
+    arch = config.get("arch", "digits_cnn")
+    if arch == "digits_cnn":
+        model = DigitsCNN(**{k: config[k] for k in _ARCH_KEYS if k in config})
+    elif arch == "resnet34":
+        model = ResNetClassifier(**{k: config[k] for k in _RESNET_KEYS if k in config})
+    else:
+        raise ErasediffError(f"{directory / CONFIG_FILE} names classifier arch {arch!r}; "
+                             f"valid archs are {', '.join(ARCHS)}")
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.eval()
 
@@ -148,8 +269,9 @@ def load_classifier(directory) -> DigitsCNN:
 def classifier_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, K), features (N, D)) of images (N, C, H, W) in [-1, 1], batched on the model's device.
 
-    `model` is a `DigitsCNN` (or any module with `.features` and a `.head` on those features), so each
-    batch goes through the network once.
+    `model` is a `DigitsCNN`, a `ResNetClassifier` (features = the pooled 512-d vector; the resize to
+    its input size happens inside) or any module with `.features` and a `.head` on those features, so
+    each batch goes through the network once.
     """
     _check_images(images, "classifier input images")
     device = next(model.parameters()).device
