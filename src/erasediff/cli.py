@@ -150,6 +150,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    text, out = write_report(args.layout, args.results, args.output)
+    print(text)
+    print(f"wrote {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -224,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a Fisher file that holds more than tensors (runs code from the file: trusted files only)")
     p.set_defaults(func=cmd_convert)
+
+    from .report import LAYOUTS
+
+    p = sub.add_parser("report", help="print a paper table from the evaluated runs of a results folder",
+                       description="read <RESULTS>/<run>/eval/metrics.json (and the runs' metrics.json) and print the "
+                       "table in the paper's layout, each cell as 'ours (paper)'; writes it to <RESULTS>/<layout>.md")
+    p.add_argument("--layout", required=True, choices=sorted(LAYOUTS), help="which table")
+    p.add_argument("--results", required=True, help="folder with one run directory per method (a script's OUT)")
+    p.add_argument("--output", help="markdown file to write (default <RESULTS>/<layout>.md)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="offline CPU demo: pretrain on digits, unlearn digit 0 with EraseDiff, evaluate",
                        description="train a class-conditional DDPM on scikit-learn digits, a CNN classifier, unlearn digit 0 "

@@ -1,0 +1,55 @@
+"""`report`: paper layouts filled from eval/metrics.json, cells next to the paper's numbers."""
+
+import json
+
+import pytest
+
+from erasediff.cli import main
+from erasediff.errors import ErasediffError
+from erasediff.report import LAYOUTS, render
+
+
+def write_run(root, run, eval_metrics, train=None):
+    (root / run / "eval").mkdir(parents=True)
+    (root / run / "eval" / "metrics.json").write_text(json.dumps(eval_metrics))
+    if train is not None:
+        (root / run / "metrics.json").write_text(json.dumps(train))
+
+
+def test_table1_cells_sit_next_to_the_paper_numbers(tmp_path):
+    write_run(tmp_path, "base", {"fid": 9.5, "precision": 0.4, "recall": 0.8, "entropy_f": 0.04, "p_f": 0.97})
+    write_run(tmp_path, "erasediff", {"fid": 8.123, "precision": 0.42, "recall": 0.75, "entropy_f": 2.0, "p_f": 0.2})
+    text = render("table1", tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 9.50 (9.69) | 0.400 (0.392) | 0.800 (0.787) | 0.040 (0.037) | 0.970 (0.972) |" in lines["Unscrubbed"]
+    assert "8.12 (7.97)" in lines["EraseDiff"]
+    # a paper row without our run shows "–" next to the paper's number; runs without paper rows are left out
+    assert "– (9.08)" in lines["SA"] and "BlindSpot" not in lines
+
+
+def test_digits_table3_reads_per_class_distances_and_train_time(tmp_path):
+    ev = {"fd_class_2": 150.0, "fd_class_8": 120.0, "p_f": 0.01, "acc_f": 0.0, "acc_remain": 0.95, "fd_remain": 30.0,
+          "relative_l2": 0.5, **{f"fd_class_{c}": 10.0 + c for c in range(10) if c not in (2, 8)}}
+    write_run(tmp_path, "erasediff", ev, train={"wall_time_s": 151.4})
+    row = next(line for line in render("digits_table3", tmp_path).splitlines() if line.startswith("| EraseDiff"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = ["method"] + [c.header for c in LAYOUTS["digits_table3"].columns]
+    assert len(cells) == len(header)
+    got = dict(zip(header, cells))
+    assert (got["FD 2"], got["FD c9"], got["WD"], got["train s"], got["p_f"]) == ("150.0", "19.00", "0.500", "151", "0.010")
+
+
+def test_report_bad_input(tmp_path, capsys):
+    with pytest.raises(ErasediffError, match="unknown report layout 'table9'; valid layouts: table1"):
+        render("table9", tmp_path)
+    with pytest.raises(ErasediffError, match="no evaluated run under"):
+        render("table3", tmp_path)
+    assert main(["report", "--layout", "table3", "--results", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_writes_the_table(tmp_path, capsys):
+    write_run(tmp_path, "retrain", {"fid_class_2": 150.0, "acc_f": 0.01, "relative_l2": 0.0})
+    assert main(["report", "--layout", "table3", "--results", str(tmp_path)]) == 0
+    out = (tmp_path / "table3.md").read_text()
+    assert "150.00 (152.39)" in out and out in capsys.readouterr().out
