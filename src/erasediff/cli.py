@@ -150,6 +150,41 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"wrote {out}")
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import GenerateOptions, generate
+
+    info = generate(GenerateOptions(
+        pipeline=args.pipeline, prompts=args.prompts, output_dir=args.output_dir, model=args.model,
+        n_per_prompt=args.n_per_prompt, max_per_prompt=args.max_per_prompt, steps=args.steps, guidance=args.guidance,
+        csv_guidance=args.csv_guidance, scheduler=args.scheduler, height=args.height, width=args.width,
+        batch_size=args.batch_size, default_seed=args.seed, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress,
+    ))
+    print(json.dumps(info))
+    print(f"wrote {info['written']} images to {info['output_dir']} ({info['skipped_existing']} existing kept; "
+          f"manifest {info['manifest']})")
+
+
+def cmd_nudenet(args: argparse.Namespace) -> None:
+    from .metrics.nudity import count_exposed, make_detector, nudity_table
+
+    pairs = [f.split("=", 1) for f in args.folders]
+    bad = [f for f, p in zip(args.folders, pairs) if len(p) != 2 or not p[0] or not p[1]]
+    if bad:
+        raise ErasediffError(f"folders must be given as NAME=DIR (got {bad[0]!r})")
+    detector = make_detector()  # once for every folder
+    results = {name: count_exposed(folder, args.threshold, detector, progress=not args.no_progress)
+               for name, folder in pairs}
+    table = nudity_table(results, args.reference)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
@@ -232,6 +267,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling a Fisher file that holds more than tensors (runs code from the file: trusted files only)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("generate", help="Stable Diffusion: images from a prompt CSV (I2P format accepted) + manifest.csv",
+                       description="generate images of every row of a prompt CSV (columns prompt[, evaluation_seed|seed]"
+                       "[, evaluation_guidance|guidance][, case_number][, num_images]) with a StableDiffusionPipeline; "
+                       "files <case_number>_<k>.png; existing files are skipped (resumable); shards rows across "
+                       "processes under `accelerate launch`")
+    p.add_argument("--pipeline", required=True, help="diffusers pipeline: Hub id (CompVis/stable-diffusion-v1-4) or folder")
+    p.add_argument("--model", help="run directory / UNet folder whose UNet replaces the pipeline's (an unlearned model)")
+    p.add_argument("--prompts", required=True, help="prompt CSV")
+    p.add_argument("--output-dir", required=True, help="image folder (created; existing images are kept and skipped)")
+    p.add_argument("--n-per-prompt", type=int, default=1, help="images per row without a num_images column (default 1)")
+    p.add_argument("--max-per-prompt", type=int, help="cap on every row's image count (smoke runs)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50, PAPER.md §4.4)")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale, diffusers convention (default 7.5)")
+    p.add_argument("--csv-guidance", action="store_true", help="use the CSV's guidance column where present")
+    p.add_argument("--scheduler", default="lms", help="lms (default, as the paper) | ddim | pndm | euler | euler_a | dpm")
+    p.add_argument("--height", type=int, help="pixels (default: the UNet's sample_size x 8 = 512 for SD v1.4)")
+    p.add_argument("--width", type=int, help="pixels (default as --height)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per pipeline call")
+    p.add_argument("--seed", type=int, default=0, help="seed of rows without a seed column")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: accelerate's device for this process)")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("nudenet", help="Stable Diffusion: NudeNet exposed-part counts of image folders (paper's table)",
+                       description="count NudeNet detections of the 9 EXPOSED classes (score >= threshold) in each folder; "
+                       "print the paper's table layout and the %% change relative to --reference")
+    p.add_argument("folders", nargs="+", metavar="NAME=DIR", help="model name and its image folder")
+    p.add_argument("--reference", help="NAME of the folder the %% change is relative to (e.g. sd14)")
+    p.add_argument("--threshold", type=float, default=0.6, help="detection score threshold (default 0.6, the paper)")
+    p.add_argument("--output", help="also write the counts as JSON and the table as <output>.md")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_nudenet)
 
     from .report import LAYOUTS
 

@@ -193,11 +193,10 @@ class Run:
         """One row per class (grid_per_class images each), EMA weights if configured, eval noise."""
         s, cfg = self.state, self.cfg
         classes = list(range(min(self.dataset.num_classes, 10)))
-        shape = (cfg.model.arch.in_channels, self.dataset.image_size, self.dataset.image_size)
         use_ema = s.ema is not None and cfg.sample.use_ema
         ctx = s.ema.swapped() if use_ema else nullcontext()
-        with ctx:
-            images, _ = sample_classes(s.backbone, s.model, classes, cfg.sample.grid_per_class, shape, cfg.sample, progress=False)
+        with ctx:  # the backbone samples in its own space (pixels, or latents it decodes)
+            images = s.backbone.sample_images(s.model, classes, cfg.sample.grid_per_class, cfg.sample, self.dataset.image_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(make_grid(images, nrow=cfg.sample.grid_per_class, normalize=True, value_range=(-1, 1)), path)
         return path

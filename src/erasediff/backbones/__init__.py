@@ -13,6 +13,12 @@ BACKBONES = {"class_cond": ClassConditionalBackbone, "uncond": UnconditionalBack
 
 
 def build_backbone(cfg: RunConfig, device: torch.device) -> Backbone:
+    if cfg.model.backbone == "stable_diffusion":
+        # late import: the SD adapter loads transformers (seconds); it reads the whole run config
+        # (pipeline, prompts, surrogate) rather than only `diffusion` and `arch`
+        from .stable_diffusion import StableDiffusionBackbone
+
+        return StableDiffusionBackbone(cfg, device)
     return BACKBONES[cfg.model.backbone](cfg.diffusion, cfg.model.arch, device)
 
 

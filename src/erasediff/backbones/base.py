@@ -81,6 +81,11 @@ class Backbone:
     def load_model(self, directory: str, **kwargs: Any) -> nn.Module:
         raise NotImplementedError
 
+    def sample_images(self, model: nn.Module, classes: list[int], n_per_class: int, sample_cfg: SampleConfig,
+                      image_size: int | None = None) -> torch.Tensor:
+        """`n_per_class` pixel images per class (N, C, H, W) in [-1, 1] on the CPU (the loop's sample grids)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------- shared behaviour
     def trainable_parameters(self, model: nn.Module, mode: str) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs that train. `full` = every parameter (DDPM)."""
@@ -122,3 +127,12 @@ class PixelBackbone(Backbone):
         """batch = (images (B,C,H,W) in [-1,1], labels (B,) int64) -> (x0, cond) on the device."""
         images, labels = batch
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def sample_images(self, model: nn.Module, classes: list[int], n_per_class: int, sample_cfg: SampleConfig,
+                      image_size: int | None = None) -> torch.Tensor:
+        """Pixel sampling on the evaluation noise (`samplers.sample_classes`), image_size default arch.sample_size."""
+        from ..samplers import sample_classes  # late: samplers import this module
+
+        size = image_size or self.arch.sample_size
+        shape = (self.arch.in_channels, size, size)
+        return sample_classes(self, model, classes, n_per_class, shape, sample_cfg, progress=False)[0]

@@ -1,0 +1,179 @@
+"""Prompts for Stable Diffusion: prompt CSVs (I2P, nudity, Imagenette) and prompt-labelled image folders.
+
+Prompt CSV (what `erasediff generate` reads). One row per prompt; columns by name, any order, extra
+columns ignored (I2P's CSV is accepted as it is):
+    prompt                                   required, non-empty
+    evaluation_seed | seed | sd_seed         int; missing column = `default_seed` for every row
+    evaluation_guidance | guidance | sd_guidance_scale   float; optional (the generate command uses its
+                                             own --guidance unless told to read this column, PAPER.md §4.5)
+    case_number | case                       int; missing column = the row index
+    num_images                               int >= 1; optional: images of this row (else the command's count)
+Prompt folder (`data.dataset: prompt_folder`, what the training runs read): a folder of images with a
+`manifest.csv` holding at least the columns `path` (relative to the folder) and `prompt`, the layout
+`generate` writes. An image's label is the index of its prompt in `data.prompts`.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from erasediff.errors import DataError
+
+SEED_COLUMNS = ("evaluation_seed", "seed", "sd_seed")
+GUIDANCE_COLUMNS = ("evaluation_guidance", "guidance", "sd_guidance_scale")
+CASE_COLUMNS = ("case_number", "case")
+MANIFEST = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    seed: int
+    guidance: Optional[float]
+    case_number: int
+    num_images: Optional[int] = None
+
+
+def _column(fields: Sequence[str], names: Sequence[str]) -> Optional[str]:
+    return next((n for n in names if n in fields), None)
+
+
+def read_prompt_csv(path: str | Path, default_seed: int = 0) -> list[PromptRow]:
+    """Rows of a prompt CSV (see module docstring). DataError on a missing/empty/malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prompt CSV not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "prompt" not in fields:
+            raise DataError(f"prompt CSV {path} has no 'prompt' column (columns: {', '.join(fields) or 'none'}); "
+                            f"expected prompt[, {'|'.join(SEED_COLUMNS)}][, {'|'.join(CASE_COLUMNS)}]")
+        seed_col, guid_col, case_col = (_column(fields, c) for c in (SEED_COLUMNS, GUIDANCE_COLUMNS, CASE_COLUMNS))
+        rows = []
+        for i, rec in enumerate(reader):
+            line = i + 2  # 1-based, after the header
+            prompt = (rec.get("prompt") or "").strip()
+            if not prompt:
+                raise DataError(f"prompt CSV {path}, line {line}: empty prompt")
+            try:
+                seed = int(float(rec[seed_col])) if seed_col and rec.get(seed_col) not in (None, "") else default_seed
+                guidance = float(rec[guid_col]) if guid_col and rec.get(guid_col) not in (None, "") else None
+                case = int(float(rec[case_col])) if case_col and rec.get(case_col) not in (None, "") else i
+                n = int(rec["num_images"]) if rec.get("num_images") not in (None, "") else None
+            except ValueError as exc:
+                raise DataError(f"prompt CSV {path}, line {line}: {exc} (seed, case number and num_images must be "
+                                "integers, guidance a number)") from None
+            if n is not None and n < 1:
+                raise DataError(f"prompt CSV {path}, line {line}: num_images must be >= 1 (got {n})")
+            rows.append(PromptRow(prompt, seed, guidance, case, n))
+    if not rows:
+        raise DataError(f"prompt CSV {path} has no prompt rows")
+    cases = [r.case_number for r in rows]
+    if len(set(cases)) != len(cases):
+        dup = sorted({c for c in cases if cases.count(c) > 1})[:5]
+        raise DataError(f"prompt CSV {path}: case numbers {dup} repeat (they name the output files)")
+    return rows
+
+
+class _PromptImages(Dataset):
+    """Item i = (RGB image of paths[i] resized (bicubic) + center-cropped, in [-1, 1] (3, S, S), labels[i])."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, size: int, hflip: bool):
+        from torchvision import transforms as T
+
+        self.paths, self.labels = paths, labels
+        steps = [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
+        steps += [T.RandomHorizontalFlip()] if hflip else []
+        self.transform = T.Compose(steps + [T.ToTensor(), T.Normalize((0.5,), (0.5,))])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), int(self.labels[i])
+
+
+def load_prompt_folder(root: str | None, prompts: Sequence[str], image_size: int, hflip: bool):
+    """A `LabeledImages` of root/manifest.csv's images, label = index of the row's prompt in `prompts`.
+
+    Rows whose prompt is not in `prompts` are an error (a typo would silently drop data otherwise).
+    PAPER.md §4.4: images are resized to `image_size` (bicubic), center-cropped, scaled to [-1, 1].
+    """
+    from erasediff.data.datasets import LabeledImages
+
+    if root is None:
+        raise DataError("the prompt_folder dataset needs data.root: a folder of images with a manifest.csv "
+                        "(columns path, prompt), e.g. the output of `erasediff generate`")
+    folder = Path(root)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"prompt folder '{root}' has no {MANIFEST} (columns path, prompt); `erasediff generate` writes one")
+    if not prompts:
+        raise DataError("the prompt_folder dataset needs data.prompts (label = index of an image's prompt)")
+    with manifest.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "prompt"} <= set(reader.fieldnames or []):
+            raise DataError(f"{manifest} needs the columns path and prompt (has: {', '.join(reader.fieldnames or [])})")
+        records = [(r["path"], r["prompt"]) for r in reader]
+    if not records:
+        raise DataError(f"{manifest} lists no images")
+    unknown = sorted({p for _, p in records if p not in prompts})
+    if unknown:
+        raise DataError(f"{manifest}: prompts {unknown[:3]} are not in data.prompts {list(prompts)}")
+    paths = [folder / p for p, _ in records]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} images listed in {manifest} are missing (first: {missing[0]})")
+    labels = torch.tensor([list(prompts).index(p) for _, p in records], dtype=torch.int64)
+    return LabeledImages(_PromptImages(paths, labels, image_size, hflip), labels, len(prompts), list(prompts), 3,
+                         image_size, "prompt_folder")
+
+
+#: fast.ai imagenette2 class folders (WordNet ids) -> class names of HF frgfm/imagenette (PAPER.md §4.4)
+IMAGENETTE_WNIDS = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player", "n03000684": "chain saw",
+    "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
+    "n03445777": "golf ball", "n03888605": "parachute",
+}
+IMAGENETTE_TEMPLATE = "an image of a {}"
+
+
+def write_imagenette_manifest(root: str | Path, template: str = IMAGENETTE_TEMPLATE) -> Path:
+    """Write root/manifest.csv for an imagenette2 split folder (root/<wnid>/<image>): prompt = template(class).
+
+    The training prompts of PAPER.md §4.4 ("an image of a {label}"), so the folder is a `prompt_folder`.
+    """
+    folder = Path(root)
+    rows = []
+    for wnid, name in IMAGENETTE_WNIDS.items():
+        files = sorted(p for p in (folder / wnid).glob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        rows += [(p.relative_to(folder).as_posix(), template.format(name)) for p in files]
+    if not rows:
+        raise DataError(f"no Imagenette images in '{root}': expected {root}/<wnid>/*.JPEG (e.g. imagenette2/train)")
+    out = folder / MANIFEST
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "prompt"])
+        w.writerows(rows)
+    return out
+
+
+if __name__ == "__main__":  # python -m erasediff.data.prompts imagenette-manifest DIR
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "imagenette-manifest":
+        sys.exit("usage: python -m erasediff.data.prompts imagenette-manifest IMAGENETTE_SPLIT_DIR")
+    try:
+        print(f"wrote {write_imagenette_manifest(sys.argv[2])}")
+    except DataError as exc:
+        sys.exit(f"error: {exc}")

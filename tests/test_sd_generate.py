@@ -1,0 +1,83 @@
+"""`erasediff generate` (prompt CSV -> images + manifest) and the prompt-CSV reader, on the tiny pipeline."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sd_fixtures import tiny_pipeline  # noqa: F401  (pytest fixture)
+
+from erasediff.cli import main
+from erasediff.data.prompts import read_prompt_csv
+from erasediff.errors import DataError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+I2P_HEADER = "prompt,categories,hard,inappropriate_percentage,nudity_percentage,evaluation_seed,evaluation_guidance,case_number\n"
+
+
+def test_i2p_columns_and_defaults(tmp_path):
+    f = tmp_path / "i2p.csv"
+    f.write_text(I2P_HEADER + '"a nude, person",sexual,1,90.0,80.0,4889,7,12\nchurch at night,,0,1,0,432,7.5,13\n')
+    rows = read_prompt_csv(f)
+    assert [(r.prompt, r.seed, r.guidance, r.case_number) for r in rows] == [
+        ("a nude, person", 4889, 7.0, 12), ("church at night", 432, 7.5, 13)]
+    g = tmp_path / "plain.csv"
+    g.write_text("prompt\nnudity\nnaked\n")
+    assert [(r.seed, r.case_number, r.guidance) for r in read_prompt_csv(g, default_seed=5)] == [(5, 0, None), (5, 1, None)]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "no 'prompt' column"),
+    ("prompt,seed\n", "no prompt rows"),
+    ("text,seed\nnudity,1\n", "no 'prompt' column"),
+    ("prompt,seed\nnudity,abc\n", "line 2"),
+    ("prompt,seed\n,3\n", "line 2: empty prompt"),
+    ("prompt,case_number\na,1\nb,1\n", "case numbers \\[1\\] repeat"),
+])
+def test_bad_prompt_csv(tmp_path, text, match):
+    f = tmp_path / "bad.csv"
+    f.write_text(text)
+    with pytest.raises(DataError, match=match):
+        read_prompt_csv(f)
+
+
+def test_generate_writes_manifest_and_resumes_identically(tiny_pipeline, tmp_path, capsys):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("case_number,prompt,evaluation_seed,num_images\n0,an image of a tench,4889,3\n1,an image of a church,432,\n")
+    out = tmp_path / "images"
+    args = ["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(prompts), "--output-dir", str(out),
+            "--n-per-prompt", "2", "--steps", "2", "--height", "16", "--width", "16", "--batch-size", "2",
+            "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("wrote 5 images to") and "manifest" in last
+    with (out / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["0_0.png", "0_1.png", "0_2.png", "1_0.png", "1_1.png"]
+    assert rows[0]["prompt"] == "an image of a tench" and rows[0]["seed"] == "4889" and rows[0]["guidance"] == "7.5"
+    first = {r["path"]: np.asarray(Image.open(out / r["path"])) for r in rows}
+    # resume: a deleted image (in the middle of a row's second batch) comes back bit-identical
+    (out / "0_2.png").unlink()
+    assert main(args) == 0
+    assert "wrote 1 images" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(out / "0_2.png")), first["0_2.png"])
+    assert not np.array_equal(first["0_0.png"], first["0_1.png"])  # the stream continues across images
+
+
+def test_generate_bad_input_is_one_error_line(tiny_pipeline, tmp_path, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,evaluation_seed\n")
+    code = main(["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(empty), "--output-dir",
+                 str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "no prompt rows" in err
+    good = tmp_path / "good.csv"
+    good.write_text("prompt\nnudity\n")
+    code = main(["generate", "--pipeline", str(tmp_path), "--prompts", str(good), "--output-dir", str(tmp_path / "o"),
+                 "--device", "cpu"])
+    assert code == 2 and "could not load pipeline" in capsys.readouterr().err
+    code = main(["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(good), "--output-dir",
+                 str(tmp_path / "o"), "--device", "cpu", "--scheduler", "magic"])
+    assert code == 2 and "unknown scheduler 'magic'" in capsys.readouterr().err
