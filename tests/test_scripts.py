@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,12 @@ SCRIPTS = sorted((REPO / "DDPM" / "scripts").glob("*.sh"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_script_smoke(script: Path, tmp_path):
+def test_script_smoke(script: Path, tmp_path, fast_python):
     header = script.read_text().splitlines()[1:12]
     assert any("Table" in line or "table" in line for line in header), "the script must open with the table it reproduces"
     assert any("run time" in line for line in header) and any("GPU memory" in line for line in header)
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": sys.executable, "EXTRA_SET": ";".join(TINY),
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": fast_python, "EXTRA_SET": ";".join(TINY),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,14 @@ RUNS = {"nudity.sh": ("erasediff_u", "esd_u", "salun"), "tench.sh": ("erasediff_
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_sd_script_smoke(script: Path, tiny_pipeline, tmp_path):
+def test_sd_script_smoke(script: Path, tiny_pipeline, tmp_path, fast_python):
     header = script.read_text().splitlines()[1:14]
     assert any("Table" in line or "table" in line for line in header), "the script must open with the table it reproduces"
     assert any("run time" in line for line in header) and any("GPU memory" in line for line in header)
     text = script.read_text()
     assert "train.lr" not in text and "method." not in text.replace("method.mask", "")  # no hyperparameters
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": sys.executable, "SD_PIPELINE": str(tiny_pipeline),
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": fast_python, "SD_PIPELINE": str(tiny_pipeline),
            "EXTRA_SET": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
