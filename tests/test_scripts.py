@@ -13,7 +13,7 @@ SCRIPTS = sorted((REPO / "DDPM" / "scripts").glob("*.sh"))
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_smoke(script: Path, tmp_path, fast_python):
-    header = script.read_text().splitlines()[1:12]
+    header = script.read_text().splitlines()[1:16]
     assert any("Table" in line or "table" in line for line in header), "the script must open with the table it reproduces"
     assert any("run time" in line for line in header) and any("GPU memory" in line for line in header)
     out = tmp_path / "out"

@@ -2,10 +2,14 @@
 # Paper Table 1 (and the baselines of the v4 DDPM table), PAPER.md §4.1, §6.1, §6.7: CIFAR10
 # class-conditional DDPM (SA's 38.6M-parameter UNet), forget "airplane" (class 0).
 # Trains the Unscrubbed model (or set BASE=<run dir or converted SA checkpoint dir> to skip it),
-# Retrain and the BlindSpot proxy, then unlearns with EraseDiff, SO, Finetune, NegGrad, BlindSpot,
-# Selective Amnesia and SalUn. (FID / precision / recall / ResNet34 judge: the evaluation issue.)
+# Retrain and the BlindSpot proxy, unlearns with EraseDiff, EraseDiff without D_r (4.5K generated
+# images), SO, Finetune, NegGrad, BlindSpot, Selective Amnesia and SalUn, trains SA's ResNet34 judge
+# (or CLASSIFIER=<dir>), evaluates every model on the same noise (5K images per remaining class for
+# FID / precision / recall / IS, 500 airplanes for the judge) and prints `report --layout table1`.
+# EVAL_CONFIG=DDPM/configs/cifar10/eval_paper_protocol.yaml evaluates with the official evaluator's quirks.
 # Expected run time on one A100-class GPU: pretraining and Retrain ~2-3 days each (800k steps),
-# BlindSpot proxy ~1 day, each unlearning run minutes (EraseDiff ~5 min; SA 20k steps ~2 h).
+# BlindSpot proxy ~1 day, each unlearning run minutes (EraseDiff ~5 min; SA 20k steps ~2 h), the judge
+# ~1 h, sampling 45.5K images per model with 1000 steps ~3 h (shard it: accelerate launch).
 # GPU memory: ~6 GB at batch 128 (EraseDiff holds no second model; SA/BlindSpot hold one frozen copy).
 # SMOKE=1 runs the same pipeline on tiny digits configs on CPU in about a minute (the tests do this).
 set -euo pipefail
@@ -15,9 +19,12 @@ OUT=${OUT:-results/cifar10_airplane}
 if [ "${SMOKE:-0}" = 1 ]; then
   OUT=${OUT}_smoke
   cfg() { echo "DDPM/configs/digits/smoke/$1.yaml"; }
+  EVAL_CONFIG=${EVAL_CONFIG:-DDPM/configs/digits/smoke/eval_table1.yaml}
 else
   cfg() { if [ "$1" = pretrain ]; then echo DDPM/configs/cifar10/pretrain.yaml; else echo "DDPM/configs/cifar10/$1_airplane.yaml"; fi; }
+  EVAL_CONFIG=${EVAL_CONFIG:-DDPM/configs/cifar10/erasediff_airplane.yaml}
 fi
+CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
@@ -29,7 +36,7 @@ done_or "$OUT/fisher.safetensors" || $PY -m erasediff fisher --config "$(cfg sel
     --set model.pretrained="$BASE" --output "$OUT/fisher.safetensors"
 done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config "$(cfg salun)" "${SETS[@]}" \
     --set model.pretrained="$BASE" --output "$OUT/salun_mask.safetensors"
-for m in erasediff so finetune neggrad blindspot selective_amnesia salun; do
+for m in erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
   case $m in
     blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
     selective_amnesia) INPUT=(--set method.fisher="$OUT/fisher.safetensors") ;;
@@ -39,4 +46,11 @@ for m in erasediff so finetune neggrad blindspot selective_amnesia salun; do
   done_or "$OUT/$m" || $PY -m erasediff unlearn --config "$(cfg $m)" "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
       --set model.pretrained="$BASE" --output-dir "$OUT/$m"
 done
-echo "wrote $OUT/{retrain,blindspot_proxy,erasediff,so,finetune,neggrad,blindspot,selective_amnesia,salun} (model_ema/ of each)"
+# the judge, then every model on the same noise in one process, then the table
+done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg erasediff)" --output-dir "$CLASSIFIER"
+[ -e "$OUT/base" ] || ln -s "$(realpath "$BASE")" "$OUT/base"
+TODO=(); for m in base erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
+  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
+done
+[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config "$EVAL_CONFIG" "${SETS[@]}" --classifier "$CLASSIFIER" --model "${TODO[@]}"
+$PY -m erasediff report --layout table1 --results "$OUT"

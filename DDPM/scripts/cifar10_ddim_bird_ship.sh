@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Paper Table 3 (PAPER.md §4.2, §6.3): CIFAR10 conditional model, DDIM 100-step sampling, forget bird (2)
 # + ship (8) at once: Unscrubbed, Retrain, Finetune, NegGrad, BlindSpot, EraseDiff.
-# (Per-class FID and weight distance to Retrain: the evaluation issue.)
+# Then SA's ResNet34 judge (or CLASSIFIER=<dir>), per-class FID on 5K images per class, the forget rate
+# and the weight distance to Retrain for every model, printed by `report --layout table3`.
 # Expected run time on one A100-class GPU: Unscrubbed (or set BASE=<run dir or converted checkpoint>) and
-# Retrain ~2-3 days each, BlindSpot proxy ~1 day, each unlearning run minutes.
+# Retrain ~2-3 days each, BlindSpot proxy ~1 day, each unlearning run minutes, the judge ~1 h,
+# sampling 50K images per model with 100 DDIM steps ~20 min.
 # GPU memory: ~6 GB at batch 128.
 # SMOKE=1 runs the same pipeline on tiny digits configs on CPU in about a minute (the tests do this).
 set -euo pipefail
@@ -12,10 +14,14 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-results/cifar10_ddim_bird_ship}
 if [ "${SMOKE:-0}" = 1 ]; then
   OUT=${OUT}_smoke
-  cfg() { echo "DDPM/configs/digits/smoke/$1.yaml"; }
+  cfg() { if [ "$1" = eval ]; then echo DDPM/configs/digits/smoke/eval_table3.yaml; else echo "DDPM/configs/digits/smoke/$1.yaml"; fi; }
 else
-  cfg() { if [ "$1" = pretrain ]; then echo DDPM/configs/cifar10/pretrain.yaml; else echo "DDPM/configs/cifar10_ddim/$1.yaml"; fi; }
+  cfg() {
+    case $1 in pretrain) echo DDPM/configs/cifar10/pretrain.yaml ;; eval) echo DDPM/configs/cifar10_ddim/erasediff.yaml ;;
+      *) echo "DDPM/configs/cifar10_ddim/$1.yaml" ;; esac
+  }
 fi
+CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
@@ -31,4 +37,12 @@ for m in erasediff finetune neggrad blindspot; do
   done_or "$OUT/$m" || $PY -m erasediff unlearn --config "$(cfg $m)" "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
       --set model.pretrained="$BASE" --output-dir "$OUT/$m"
 done
-echo "wrote $OUT/{retrain,blindspot_proxy,erasediff,finetune,neggrad,blindspot} (model_ema/ of each)"
+# the judge, then every model on the same noise in one process (WD to Retrain), then the table
+done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg eval)" --output-dir "$CLASSIFIER"
+[ -e "$OUT/base" ] || ln -s "$(realpath "$BASE")" "$OUT/base"
+TODO=(); for m in base retrain finetune neggrad blindspot erasediff; do
+  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
+done
+[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config "$(cfg eval)" "${SETS[@]}" --classifier "$CLASSIFIER" \
+    --reference "$OUT/retrain" --model "${TODO[@]}"
+$PY -m erasediff report --layout table3 --results "$OUT"
