@@ -53,3 +53,26 @@ def test_cli_writes_the_table(tmp_path, capsys):
     assert main(["report", "--layout", "table3", "--results", str(tmp_path)]) == 0
     out = (tmp_path / "table3.md").read_text()
     assert "150.00 (152.39)" in out and out in capsys.readouterr().out
+
+
+def test_grid_puts_one_panel_per_evaluated_method_side_by_side(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from erasediff.sampling import image_path, save_png, write_manifest
+    from erasediff.report import write_report
+
+    for k, run in enumerate(("base", "erasediff")):
+        write_run(tmp_path, run, {"p_f": 0.5})
+        folder = tmp_path / run / "eval" / "samples"
+        for c in range(3):
+            (folder / str(c)).mkdir(parents=True)
+            for i in range(2):
+                save_png(np.full((8, 8, 1), 40 * c + 100 * k, np.uint8), image_path(folder, c, i))
+        write_manifest(folder, seed=0)
+    _, table, grid = write_report("digits_forget0", tmp_path)
+    assert table == tmp_path / "digits_forget0.md" and grid == tmp_path / "digits_forget0.png"
+    with Image.open(grid) as img:
+        width, height = img.size
+    # two panels of 2 images (8 px + 2 px padding) side by side, three class rows, x4 upscale
+    assert height == 4 * (3 * 10 + 2) and width == 4 * (2 * (2 * 10 + 2) + 4)

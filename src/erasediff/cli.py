@@ -188,9 +188,9 @@ def cmd_nudenet(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    text, out = write_report(args.layout, args.results, args.output)
+    text, out, grid = write_report(args.layout, args.results, args.output)
     print(text)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {grid} (one panel per method in table order, one row per class)" if grid else ""))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -152,10 +152,36 @@ def render(layout_name: str, results: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(layout_name: str, results: str | Path, output: str | Path | None = None) -> tuple[str, Path]:
-    """Render and write the table (default <results>/<layout>.md, regenerated on every call)."""
+def write_grid(layout_name: str, results: str | Path, out: Path, per_class: int = 4) -> Path | None:
+    """One panel per evaluated row of the layout (left to right in table order), one image row per class:
+    the first `per_class` images of every class from each run's eval/samples/ (the same noise for all)."""
+    from PIL import Image
+
+    from .evaluate import class_rows, save_rows_png
+    from .sampling import read_samples
+
+    folders = [Path(results) / run / "eval" / "samples" for run, _ in LAYOUTS[layout_name].rows]
+    folders = [f for f in folders if (f / "manifest.csv").is_file()]
+    if not folders:
+        return None
+    classes = {f: sorted(int(p.name) for p in f.iterdir() if p.is_dir() and p.name.isdigit()) for f in folders}
+    # as many images per class as every folder has (at most per_class), so the panels line up
+    k = min([per_class] + [len(list((f / str(c)).glob("*.png"))) for f in folders for c in classes[f]])
+    panels = []
+    for f in folders:
+        with Image.open(next(f.glob("*/00000.png"))) as img:
+            channels = 1 if img.mode == "L" else 3
+        images, labels = read_samples(f, {c: k for c in classes[f]}, channels)
+        panels.append(class_rows(images, labels, k))
+    return save_rows_png(out, panels, k)
+
+
+def write_report(layout_name: str, results: str | Path, output: str | Path | None = None) -> tuple[str, Path, Path | None]:
+    """Render and write the table (default <results>/<layout>.md, regenerated on every call) and, when
+    the runs kept their evaluation samples, the side-by-side grid <table file>.png."""
     text = render(layout_name, results)
     out = Path(output) if output is not None else Path(results) / f"{layout_name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    return text, out
+    grid = write_grid(layout_name, results, out.with_suffix(".png"))
+    return text, out, grid
