@@ -264,11 +264,14 @@ class Run:
 
 def prepare(
     cfg: RunConfig, *, run_dir: Path | None = None, resume: bool = False, require_pretrained: bool = False,
-    training_only: bool = False, progress: bool = True,
+    training_only: bool = False, progress: bool = True, setup_method: bool = True,
 ) -> Run:
     """Validate and build everything for a run; write nothing. Raises ErasediffError on bad input.
 
     progress: show the bars of setup work (generated D_r, a method's own sampling).
+    setup_method: False builds the model, data and optimiser but leaves `method.setup` (and a generated
+    D_r) out: for commands that compute a method's input files (SA's Fisher, SalUn's mask) from the very
+    config whose setup would read them.
     """
     method_cls = get_method(cfg.method.name)
     if training_only and not method_cls.training_objective:
@@ -323,7 +326,8 @@ def prepare(
         del ema_model
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     state = TrainState(cfg, backbone, model, params, names, optimizer, lr_scheduler, ema, generator)
-    if method.needs_remain and cfg.data.remain_source == "generated":
-        data.remain = generated_remain(state, dataset.num_classes, progress)
-    method.setup(state, data)
+    if setup_method:
+        if method.needs_remain and cfg.data.remain_source == "generated":
+            data.remain = generated_remain(state, dataset.num_classes, progress)
+        method.setup(state, data)
     return Run(cfg, run_dir, state, method, data, dataset, resume_from)

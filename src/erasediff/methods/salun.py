@@ -139,11 +139,8 @@ class SalUn(Method):
     name = "salun"
     Config = SalUnConfig
 
-    def __init__(self, cfg: SalUnConfig):
-        super().__init__(cfg)
-        self.mask_path = require_file(cfg.mask, "mask", "saliency-mask")
-
     def setup(self, state: TrainState, data: MethodData) -> None:
+        self.mask_path = require_file(self.cfg.mask, "mask", "saliency-mask")
         if self.cfg.forget_loss == "random_label" and not state.backbone.conditional:
             raise ConfigError(
                 f"method.forget_loss 'random_label' needs a conditional model (backbone '{state.cfg.model.backbone}' "

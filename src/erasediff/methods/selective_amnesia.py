@@ -39,7 +39,6 @@ model's trainable parameters (ErasediffError naming the file and keys).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -156,14 +155,11 @@ def save_param_file(out: Path, tensors: dict[str, torch.Tensor], cfg: RunConfig,
 def prepare_model_and_data(cfg: RunConfig, out: Path) -> Run:
     """Model (raw weights, EMA shadow), backbone and dataset of `cfg` through `loop.prepare`, writing nothing.
 
-    prepare() sets the configured method up, and SA / SalUn setup needs the very file being computed,
-    so the run is prepared with the setup-free Finetune objective instead (same model, data, seed).
+    The method is not set up (`setup_method=False`): SA / SalUn setup reads the very file being computed.
     """
     from ..loop import prepare  # late: the loop imports this package
-    from .finetune import FinetuneConfig
 
-    unused_run_dir = out.parent / f".{out.name}.unused-run-dir"
-    return prepare(dataclasses.replace(cfg, method=FinetuneConfig(cond_drop=0.0)), run_dir=unused_run_dir)
+    return prepare(cfg, run_dir=out.parent / f".{out.name}.unused-run-dir", setup_method=False)
 
 
 def sample_shape(cfg: RunConfig) -> tuple[int, int, int]:
@@ -285,9 +281,9 @@ class SelectiveAmnesia(Method):
     def __init__(self, cfg: SelectiveAmnesiaConfig):
         super().__init__(cfg)
         self.needs_remain = cfg.replay == "real"
-        self.fisher_path = require_file(cfg.fisher, "fisher", "fisher")
 
     def setup(self, state: TrainState, data: MethodData) -> None:
+        self.fisher_path = require_file(self.cfg.fisher, "fisher", "fisher")
         forget = list(state.cfg.data.forget_classes)
         if not forget:
             raise ConfigError("method 'selective_amnesia' needs the classes to forget: set data.forget_classes (e.g. [0])")
