@@ -10,7 +10,6 @@ import pickle
 import types
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ cache, the quirk options and weight distance, and several models in one call."""
 import json
 
 import pytest
-import torch
 from helpers import SMOKE, TINY, tiny_config
 
 from erasediff.classifier_training import train_eval_classifier
