@@ -47,6 +47,8 @@ def test_train_two_steps_writes_everything(base_run):
     assert any(k.startswith("optimizer.") for k in tensors)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["method"] == "finetune"
+    # Table 2's memory column: on CPU the process's peak RSS (torch alone holds well over 50 MiB)
+    assert metrics["peak_memory_mib"]["kind"] == "cpu_peak_rss" and metrics["peak_memory_mib"]["value"] > 50
     assert "model:" in (out / "config.resolved.yaml").read_text()
     assert (out / "model" / "erasediff_config.yaml").read_text() == (out / "config.resolved.yaml").read_text()
 

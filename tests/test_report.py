@@ -76,3 +76,12 @@ def test_grid_puts_one_panel_per_evaluated_method_side_by_side(tmp_path):
         width, height = img.size
     # two panels of 2 images (8 px + 2 px padding) side by side, three class rows, x4 upscale
     assert height == 4 * (3 * 10 + 2) and width == 4 * (2 * (2 * 10 + 2) + 4)
+
+
+def test_table2_reads_step_time_and_peak_memory_of_the_runs(tmp_path):
+    (tmp_path / "erasediff").mkdir()
+    (tmp_path / "erasediff" / "metrics.json").write_text(json.dumps(
+        {"sec_per_step": 3.9, "steps": 200, "wall_time_s": 780.0, "peak_memory_mib": {"value": 3300.5, "kind": "cuda"}}))
+    row = next(line for line in render("table2", tmp_path).splitlines() if line.startswith("| EraseDiff |"))
+    assert row == "| EraseDiff | 3300.5 (3360.3) | 3.90 (4.16) | 200 | 780 |"
+    assert "| SA | – (3352.3) | – (9.52) | – | – |" in render("table2", tmp_path)

@@ -5,7 +5,8 @@
 # Retrain and the BlindSpot proxy, unlearns with EraseDiff, EraseDiff without D_r (4.5K generated
 # images), SO, Finetune, NegGrad, BlindSpot, Selective Amnesia and SalUn, trains SA's ResNet34 judge
 # (or CLASSIFIER=<dir>), evaluates every model on the same noise (5K images per remaining class for
-# FID / precision / recall / IS, 500 airplanes for the judge) and prints `report --layout table1`.
+# FID / precision / recall / IS, 500 airplanes for the judge) and prints `report --layout table1`
+# (and writes Table 2, the overhead per step, to $OUT/table2.md).
 # EVAL_CONFIG=DDPM/configs/cifar10/eval_paper_protocol.yaml evaluates with the official evaluator's quirks.
 # Expected run time on one A100-class GPU: pretraining and Retrain ~2-3 days each (800k steps),
 # BlindSpot proxy ~1 day, each unlearning run minutes (EraseDiff ~5 min; SA 20k steps ~2 h), the judge
@@ -53,4 +54,5 @@ TODO=(); for m in base erasediff erasediff_gr so finetune neggrad blindspot sele
   [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
 done
 [ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config "$EVAL_CONFIG" "${SETS[@]}" --classifier "$CLASSIFIER" --model "${TODO[@]}"
+$PY -m erasediff report --layout table2 --results "$OUT" > /dev/null   # overhead per step: $OUT/table2.md
 $PY -m erasediff report --layout table1 --results "$OUT"

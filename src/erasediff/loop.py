@@ -131,6 +131,17 @@ def generated_remain(state: TrainState, num_classes: int, progress: bool = True)
                            seed=cfg.seed * 2, device=state.backbone.device)
 
 
+def peak_memory_mib(device: torch.device) -> dict[str, Any]:
+    """Peak memory of the training steps (PAPER.md Table 2 "Memory"): on CUDA the peak of allocated tensors
+    since the loop started (torch.cuda.max_memory_allocated); on CPU the process's peak resident set size
+    (everything the process ever held, setup included: an upper bound)."""
+    if device.type == "cuda":
+        return {"value": round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "kind": "cuda_max_allocated"}
+    import resource
+
+    return {"value": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "kind": "cpu_peak_rss"}
+
+
 def _warmup(steps: int):
     return lambda i: min(1.0, (i + 1) / steps) if steps > 0 else 1.0
 
@@ -218,6 +229,9 @@ class Run:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         log_file = (self.run_dir / "log.jsonl").open("a")
+        device = s.backbone.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start, t0 = s.step, time.perf_counter()
         last: dict[str, float] = {}
         bar = tqdm(total=t.steps, initial=start, desc=f"{cfg.method.name}", unit="step", disable=not progress)
@@ -252,6 +266,7 @@ class Run:
             "steps_this_session": s.step - start,
             "wall_time_s": round(wall, 2),
             "sec_per_step": round(wall / max(1, s.step - start), 4),
+            "peak_memory_mib": peak_memory_mib(device),
             "final_logs": last,
             "checkpoint": str(ckpt),
             "model_dir": str(self.run_dir / "model"),

@@ -31,6 +31,7 @@ class Layout:
     columns: tuple[Column, ...]
     paper: dict[str, dict[str, float]] = field(default_factory=dict)  # row label -> column header -> value
     note: str = ""
+    needs_eval: bool = True  # False: the columns come from the runs' own metrics.json (Table 2)
 
 
 def _fid_cols(classes, prefix: str, key: str) -> tuple[Column, ...]:
@@ -77,6 +78,20 @@ LAYOUTS: dict[str, Layout] = {
         note="Paper numbers: v2 Table 1 (PAPER.md §6.1; its P/R were computed with the swapped evaluator, "
              "evaluate.quirks reproduces that); Finetune, NegGrad, SalUn from the v4 table (§6.7, UNCONFIRMED).",
     ),
+    "table2": Layout(
+        title="Table 2: overhead of one training step (CIFAR10, forget airplane; batch 128, one GPU)",
+        rows=(("selective_amnesia", "SA"), ("erasediff", "EraseDiff"), ("salun", "SalUn"),
+              ("erasediff_gr", "EraseDiff (D_r = 4.5K GR)")),
+        columns=(Column("Memory (MiB)", "train:peak_memory_mib.value", "{:.1f}"),
+                 Column("Time (s)", "train:sec_per_step", "{:.2f}"), Column("steps", "train:steps", "{:d}"),
+                 Column("total (s)", "train:wall_time_s", "{:.0f}")),
+        paper={"SA": {"Memory (MiB)": 3352.3, "Time (s)": 9.52}, "EraseDiff": {"Memory (MiB)": 3360.3, "Time (s)": 4.16}},
+        note="Paper numbers: v2 Table 2 (PAPER.md §6.2): SA's memory is the maximum over its Fisher and forgetting "
+             "stages and its time excludes the Fisher; ours: peak CUDA memory allocated during the run's steps "
+             "(on a CPU run: the process's peak RSS) and the mean wall time per outer step. SA's Fisher time is "
+             "printed by the `fisher` command.",
+        needs_eval=False,
+    ),
     "table3": Layout(
         title="Table 3: CIFAR10 conditional DDIM (100 steps), forget bird (2) + ship (8), per-class FID on 5K images",
         rows=_T3_ROWS,
@@ -115,6 +130,15 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _lookup(source: dict[str, Any], key: str) -> Any:
+    """source[key], with dots reaching into nested dicts (peak_memory_mib.value); None when absent."""
+    for part in key.split("."):
+        if not isinstance(source, dict) or part not in source:
+            return None
+        source = source[part]
+    return source
+
+
 def _cell(value: Any, col: Column, paper: float | None) -> str:
     ours = "–" if value is None else col.fmt.format(value)
     return ours if paper is None else f"{ours} ({col.fmt.format(paper)})"
@@ -128,10 +152,12 @@ def render(layout_name: str, results: str | Path) -> str:
     if not root.is_dir():
         raise ErasediffError(f"results folder '{results}' does not exist")
     layout = LAYOUTS[layout_name]
-    found = [run for run, _ in layout.rows if (root / run / "eval" / "metrics.json").is_file()]
+    where = "eval/metrics.json" if layout.needs_eval else "metrics.json"
+    found = [run for run, _ in layout.rows if (root / run / where).is_file()]
     if not found:
-        raise ErasediffError(f"no evaluated run under '{results}': expected <run>/eval/metrics.json for runs "
-                             f"{', '.join(r for r, _ in layout.rows)} (run `evaluate` first)")
+        raise ErasediffError(f"no {'evaluated ' if layout.needs_eval else ''}run under '{results}': expected "
+                             f"<run>/{where} for runs {', '.join(r for r, _ in layout.rows)}"
+                             + (" (run `evaluate` first)" if layout.needs_eval else ""))
     lines = [f"### {layout.title}", ""]
     if layout.paper:
         lines += ["Cells: ours (paper).", ""]
@@ -140,12 +166,13 @@ def render(layout_name: str, results: str | Path) -> str:
     for run, label in layout.rows:
         ev = _read(root / run / "eval" / "metrics.json")
         train = _read(root / run / "metrics.json") or {}
-        if ev is None and label not in layout.paper:
+        if (ev if layout.needs_eval else train or None) is None and label not in layout.paper:
             continue
         cells = []
         for col in layout.columns:
             source = train if col.key.startswith("train:") else (ev or {})
-            cells.append(_cell(source.get(col.key.removeprefix("train:")), col, layout.paper.get(label, {}).get(col.header)))
+            cells.append(_cell(_lookup(source, col.key.removeprefix("train:")), col,
+                               layout.paper.get(label, {}).get(col.header)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if layout.note:
         lines += ["", layout.note]
