@@ -185,6 +185,48 @@ def cmd_nudenet(args: argparse.Namespace) -> None:
         print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+def cmd_imagenette_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from .metrics import imagenette as im
+    from .metrics.clip_score import build_clip, tiny_random_clip
+
+    pairs = [f.split("=", 1) for f in args.folders]
+    bad = [f for f, p in zip(args.folders, pairs) if len(p) != 2 or not p[0] or not p[1]]
+    if bad:
+        raise ErasediffError(f"folders must be given as NAME=DIR (got {bad[0]!r})")
+    folders = dict(pairs)
+    forget = im.check_class(args.forget)
+    protocol = im.fid_protocol(args.fid_protocol, args.max_real)
+    for folder in folders.values():  # every input is checked before a network is built or downloaded
+        im.read_generated(folder, args.prompts)
+    real = im.RealImagenette(args.real) if args.real else None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = args.offline_smoke  # tiny RANDOM stand-in networks: exercises the pipeline offline, numbers meaningless
+    classifier = (im.smoke_classifier() if smoke else im.resnet50_classifier()).to(device)
+    extractor = im.fid_extractor(protocol, device, smoke=smoke) if real is not None else None
+    clip = None
+    if args.clip:
+        model, processor = tiny_random_clip() if smoke else build_clip(args.clip_model)
+        clip = (model.to(device), processor)
+    results = im.evaluate_imagenette(folders, args.prompts, classifier=classifier, forget=forget, real=real,
+                                     extractor=extractor, protocol=protocol, clip=clip, cache_dir=args.cache_dir,
+                                     batch_size=args.batch_size, progress=not args.no_progress)
+    for r in results.values():
+        r["smoke"] = smoke
+    table = im.table4(results, forget, protocol.name, real.describe if real is not None else "")
+    if real is None:
+        table += "FID not computed: pass --real (imagenette2/train, a manifest folder, or frgfm/imagenette)\n"
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"forget": forget, "fid_protocol": protocol.name, "real": args.real, "smoke": smoke,
+                                   "models": results, "paper": im.PAPER_TABLE4}, indent=2) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
@@ -301,6 +343,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the counts as JSON and the table as <output>.md")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_nudenet)
+
+    p = sub.add_parser("imagenette-eval", help="Stable Diffusion: Table 4 metrics (class accuracy, remaining-class FID, "
+                       "CLIP score) of Imagenette image folders",
+                       description="for each folder written by `generate` from an Imagenette prompt CSV: ResNet-50 top-1 "
+                       "accuracy per class (the forget class's is the paper's 'tench acc'), FID of the remaining classes "
+                       "against real Imagenette images (--real), CLIP score (--clip); prints Table 4 with the paper's "
+                       "numbers beside ours (PAPER.md §6.4)")
+    p.add_argument("folders", nargs="+", metavar="NAME=DIR",
+                   help="model name and its image folder (sd14, esd_x, erasediff_x get the paper's numbers)")
+    p.add_argument("--prompts", required=True, help="the prompt CSV the images were generated from "
+                   "(StableDiffusion/prompts/imagenette.csv: columns case_number, class, prompt)")
+    p.add_argument("--forget", default="tench", help="forgotten Imagenette class (default tench)")
+    p.add_argument("--real", help="real Imagenette images for the FID: imagenette2/train (class folders by WordNet id), "
+                   "a folder with manifest.csv (path, prompt), or frgfm/imagenette (needs the `datasets` package)")
+    p.add_argument("--fid-protocol", default="standard", choices=("standard", "paper"),
+                   help="standard: 2048-d Inception, all real images of the remaining classes; paper: 64-d features, "
+                   "uint8 cast, 1000 real images (compute-fid.py, PAPER.md §5)")
+    p.add_argument("--max-real", type=int, help="cap on the real images, class-balanced (default: all; 1000 under paper)")
+    p.add_argument("--clip", action="store_true", help="also the CLIP score (ViT-B/32; 100 x mean image-prompt cosine)")
+    p.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP Hub id or folder")
+    p.add_argument("--cache-dir", help="cache the real-image FID statistics here (reused across calls)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--offline-smoke", action="store_true",
+                   help="TEST/SMOKE ONLY: tiny random networks instead of ResNet-50, Inception and CLIP (nothing is "
+                   "downloaded; the numbers are meaningless)")
+    p.add_argument("--output", help="also write the results as JSON and the table as <output>.md")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_imagenette_eval)
 
     from .report import LAYOUTS
 
