@@ -49,7 +49,7 @@ for m in erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia 
 done
 # the judge, then every model on the same noise in one process, then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg erasediff)" --output-dir "$CLASSIFIER"
-[ -e "$OUT/base" ] || ln -s "$(realpath "$BASE")" "$OUT/base"
+link_base "$BASE" "$OUT/base"
 TODO=(); for m in base erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
   [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
 done

@@ -39,7 +39,7 @@ for m in erasediff finetune neggrad blindspot; do
 done
 # the judge, then every model on the same noise in one process (WD to Retrain), then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg eval)" --output-dir "$CLASSIFIER"
-[ -e "$OUT/base" ] || ln -s "$(realpath "$BASE")" "$OUT/base"
+link_base "$BASE" "$OUT/base"
 TODO=(); for m in base retrain finetune neggrad blindspot erasediff; do
   [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
 done

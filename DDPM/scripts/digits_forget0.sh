@@ -2,7 +2,7 @@
 # Digits mini-reproduction of the paper's DDPM comparison (Tables 1-3 layout, PAPER.md §4.1-4.2):
 # forget digit 0 with every method on scikit-learn digits, offline, and evaluate each with the same
 # sampling noise (p_f, entropy_f, acc_remain, fd_remain).
-# Expected run time: ~25 min on 2 CPU cores (no GPU needed); GPU memory: < 1 GB if run on a GPU.
+# Expected run time: ~35 min on 2 CPU cores (no GPU needed); GPU memory: < 1 GB if run on a GPU.
 # SMOKE=1 runs the same pipeline on tiny configs in about a minute (the tests do this).
 # Finished stages are reused on a second run (their metrics.json exists).
 set -euo pipefail
@@ -24,7 +24,7 @@ done_or "$OUT/fisher.safetensors" || $PY -m erasediff fisher --config $CFG/selec
 done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config $CFG/salun.yaml "${SETS[@]}" \
     --set model.pretrained="$OUT/base" --output "$OUT/salun_mask.safetensors"
 # 4. Unlearning, every method from the same Unscrubbed model
-for m in erasediff so finetune neggrad blindspot selective_amnesia salun; do
+for m in erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
   case $m in
     blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
     selective_amnesia) INPUT=(--set method.fisher="$OUT/fisher.safetensors") ;;
@@ -34,9 +34,10 @@ for m in erasediff so finetune neggrad blindspot selective_amnesia salun; do
   done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
       --set model.pretrained="$OUT/base" --output-dir "$OUT/$m"
 done
-# 5. Evaluation on the same noise
-for m in base retrain erasediff so finetune neggrad blindspot selective_amnesia salun; do
-  [ -f "$OUT/$m/eval/metrics.json" ] || $PY -m erasediff evaluate --config $CFG/erasediff.yaml "${SETS[@]}" \
-      --model "$OUT/$m" --classifier "$OUT/classifier" --output-dir "$OUT/$m/eval"
+# 5. Evaluation of all of them in one process, on the same noise, and the table
+TODO=(); for m in base retrain erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
+  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
 done
-echo "wrote $OUT/<method>/eval/metrics.json for: base retrain erasediff so finetune neggrad blindspot selective_amnesia salun (and blindspot_proxy/, fisher and mask files)"
+[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config $CFG/erasediff.yaml "${SETS[@]}" --classifier "$OUT/classifier" \
+    --model "${TODO[@]}"
+$PY -m erasediff report --layout digits_forget0 --results "$OUT"

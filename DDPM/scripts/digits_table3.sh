@@ -39,7 +39,7 @@ for m in finetune neggrad blindspot erasediff selective_amnesia salun; do
       --set model.pretrained="$BASE" --output-dir "$OUT/$m"
 done
 # 5. Evaluation of all of them in one process, on the same noise, WD to Retrain
-[ -e "$OUT/base" ] || ln -s "$(realpath "$BASE")" "$OUT/base"
+link_base "$BASE" "$OUT/base"
 TODO=(); for m in base retrain finetune neggrad blindspot erasediff selective_amnesia salun; do
   [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
 done
