@@ -33,26 +33,12 @@ done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
 done_or "$OUT/retrain" || $PY -m erasediff train --config "$(cfg retrain)" "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
 done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config "$(cfg blindspot_proxy)" "${SETS[@]}" --seed $SEED \
     --output-dir "$OUT/blindspot_proxy"
-done_or "$OUT/fisher.safetensors" || $PY -m erasediff fisher --config "$(cfg selective_amnesia)" "${SETS[@]}" \
-    --set model.pretrained="$BASE" --output "$OUT/fisher.safetensors"
-done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config "$(cfg salun)" "${SETS[@]}" \
-    --set model.pretrained="$BASE" --output "$OUT/salun_mask.safetensors"
-for m in erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
-  case $m in
-    blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
-    selective_amnesia) INPUT=(--set method.fisher="$OUT/fisher.safetensors") ;;
-    salun) INPUT=(--set method.mask="$OUT/salun_mask.safetensors") ;;
-    *) INPUT=() ;;
-  esac
-  done_or "$OUT/$m" || $PY -m erasediff unlearn --config "$(cfg $m)" "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
-      --set model.pretrained="$BASE" --output-dir "$OUT/$m"
-done
+fisher_and_mask cfg "$BASE" "$OUT"
+unlearn_all cfg "$BASE" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun
 # the judge, then every model on the same noise in one process, then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg erasediff)" --output-dir "$CLASSIFIER"
 link_base "$BASE" "$OUT/base"
-TODO=(); for m in base erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
-  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
-done
-[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config "$EVAL_CONFIG" "${SETS[@]}" --classifier "$CLASSIFIER" --model "${TODO[@]}"
+evaluate_all "$EVAL_CONFIG" "$CLASSIFIER" "" "$OUT" base erasediff erasediff_gr so finetune neggrad blindspot \
+    selective_amnesia salun
 $PY -m erasediff report --layout table2 --results "$OUT" > /dev/null   # overhead per step: $OUT/table2.md
 $PY -m erasediff report --layout table1 --results "$OUT"

@@ -29,20 +29,9 @@ done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
 done_or "$OUT/retrain" || $PY -m erasediff train --config "$(cfg retrain)" "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
 done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config "$(cfg blindspot_proxy)" "${SETS[@]}" --seed $SEED \
     --output-dir "$OUT/blindspot_proxy"
-for m in erasediff finetune neggrad blindspot; do
-  case $m in
-    blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
-    *) INPUT=() ;;
-  esac
-  done_or "$OUT/$m" || $PY -m erasediff unlearn --config "$(cfg $m)" "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
-      --set model.pretrained="$BASE" --output-dir "$OUT/$m"
-done
+unlearn_all cfg "$BASE" "$OUT" erasediff finetune neggrad blindspot
 # the judge, then every model on the same noise in one process (WD to Retrain), then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg eval)" --output-dir "$CLASSIFIER"
 link_base "$BASE" "$OUT/base"
-TODO=(); for m in base retrain finetune neggrad blindspot erasediff; do
-  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
-done
-[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config "$(cfg eval)" "${SETS[@]}" --classifier "$CLASSIFIER" \
-    --reference "$OUT/retrain" --model "${TODO[@]}"
+evaluate_all "$(cfg eval)" "$CLASSIFIER" "$OUT/retrain" "$OUT" base retrain finetune neggrad blindspot erasediff
 $PY -m erasediff report --layout table3 --results "$OUT"

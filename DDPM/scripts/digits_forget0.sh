@@ -19,25 +19,11 @@ done_or "$OUT/classifier/classifier.json" || $PY -m erasediff train-classifier -
 done_or "$OUT/retrain" || $PY -m erasediff train --config $CFG/retrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
 done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config $CFG/blindspot_proxy.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/blindspot_proxy"
 # 3. Files the SA and SalUn runs need
-done_or "$OUT/fisher.safetensors" || $PY -m erasediff fisher --config $CFG/selective_amnesia.yaml "${SETS[@]}" \
-    --set model.pretrained="$OUT/base" --output "$OUT/fisher.safetensors"
-done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config $CFG/salun.yaml "${SETS[@]}" \
-    --set model.pretrained="$OUT/base" --output "$OUT/salun_mask.safetensors"
+cfg() { echo "$CFG/$1.yaml"; }
+fisher_and_mask cfg "$OUT/base" "$OUT"
 # 4. Unlearning, every method from the same Unscrubbed model
-for m in erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
-  case $m in
-    blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
-    selective_amnesia) INPUT=(--set method.fisher="$OUT/fisher.safetensors") ;;
-    salun) INPUT=(--set method.mask="$OUT/salun_mask.safetensors") ;;
-    *) INPUT=() ;;
-  esac
-  done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
-      --set model.pretrained="$OUT/base" --output-dir "$OUT/$m"
-done
+unlearn_all cfg "$OUT/base" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun
 # 5. Evaluation of all of them in one process, on the same noise, and the table
-TODO=(); for m in base retrain erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun; do
-  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
-done
-[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config $CFG/erasediff.yaml "${SETS[@]}" --classifier "$OUT/classifier" \
-    --model "${TODO[@]}"
+evaluate_all $CFG/erasediff.yaml "$OUT/classifier" "" "$OUT" \
+    base retrain erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun
 $PY -m erasediff report --layout digits_forget0 --results "$OUT"

@@ -23,27 +23,13 @@ for m in retrain blindspot_proxy; do
   done_or "$OUT/$m" || $PY -m erasediff train --config $CFG/$m.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/$m"
 done
 # 3. SA's Fisher and SalUn's mask of the Unscrubbed model
-done_or "$OUT/fisher.safetensors" || $PY -m erasediff fisher --config $CFG/selective_amnesia.yaml "${SETS[@]}" \
-    --set model.pretrained="$BASE" --output "$OUT/fisher.safetensors"
-done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config $CFG/salun.yaml "${SETS[@]}" \
-    --set model.pretrained="$BASE" --output "$OUT/salun_mask.safetensors"
+cfg() { echo "$CFG/$1.yaml"; }
+fisher_and_mask cfg "$BASE" "$OUT"
 # 4. Unlearning, every method from the same Unscrubbed model
-for m in finetune neggrad blindspot erasediff selective_amnesia salun; do
-  case $m in
-    blindspot) INPUT=(--set method.proxy="$OUT/blindspot_proxy") ;;
-    selective_amnesia) INPUT=(--set method.fisher="$OUT/fisher.safetensors") ;;
-    salun) INPUT=(--set method.mask="$OUT/salun_mask.safetensors") ;;
-    *) INPUT=() ;;
-  esac
-  done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${INPUT[@]}" --seed $SEED \
-      --set model.pretrained="$BASE" --output-dir "$OUT/$m"
-done
+unlearn_all cfg "$BASE" "$OUT" finetune neggrad blindspot erasediff selective_amnesia salun
 # 5. Evaluation of all of them in one process, on the same noise, WD to Retrain
 link_base "$BASE" "$OUT/base"
-TODO=(); for m in base retrain finetune neggrad blindspot erasediff selective_amnesia salun; do
-  [ -f "$OUT/$m/eval/metrics.json" ] || TODO+=("$OUT/$m")
-done
-[ ${#TODO[@]} = 0 ] || $PY -m erasediff evaluate --config $CFG/erasediff.yaml "${SETS[@]}" --classifier "$CLASSIFIER" \
-    --reference "$OUT/retrain" --model "${TODO[@]}"
+evaluate_all $CFG/erasediff.yaml "$CLASSIFIER" "$OUT/retrain" "$OUT" \
+    base retrain finetune neggrad blindspot erasediff selective_amnesia salun
 # 6. The table
 $PY -m erasediff report --layout digits_table3 --results "$OUT"

@@ -17,3 +17,35 @@ link_base() {
     if [ -e "$base/$f" ] && [ ! -e "$dest/$f" ]; then ln -s "$(realpath "$base/$f")" "$dest/$f"; fi
   done
 }
+# fisher_and_mask CFGFN BASE OUT: SA's Fisher and SalUn's mask of BASE into OUT (configs `$(CFGFN name)`)
+fisher_and_mask() {
+  local cfgfn=$1 base=$2 out=$3
+  done_or "$out/fisher.safetensors" || $PY -m erasediff fisher --config "$($cfgfn selective_amnesia)" "${SETS[@]}" \
+      --set model.pretrained="$base" --output "$out/fisher.safetensors"
+  done_or "$out/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config "$($cfgfn salun)" "${SETS[@]}" \
+      --set model.pretrained="$base" --output "$out/salun_mask.safetensors"
+}
+# unlearn_all CFGFN BASE OUT METHOD...: every method from BASE into OUT/METHOD with config `$(CFGFN METHOD)`;
+# BlindSpot, SA and SalUn read OUT/blindspot_proxy, OUT/fisher.safetensors and OUT/salun_mask.safetensors
+unlearn_all() {
+  local cfgfn=$1 base=$2 out=$3 m input; shift 3
+  for m in "$@"; do
+    case $m in
+      blindspot) input=(--set method.proxy="$out/blindspot_proxy") ;;
+      selective_amnesia) input=(--set method.fisher="$out/fisher.safetensors") ;;
+      salun) input=(--set method.mask="$out/salun_mask.safetensors") ;;
+      *) input=() ;;
+    esac
+    done_or "$out/$m" || $PY -m erasediff unlearn --config "$($cfgfn "$m")" "${SETS[@]}" "${input[@]}" --seed "$SEED" \
+        --set model.pretrained="$base" --output-dir "$out/$m"
+  done
+}
+# evaluate_all CONFIG CLASSIFIER REFERENCE OUT RUN...: every OUT/RUN without eval/metrics.json, in one process on the
+# same noise (REFERENCE: the Retrain run for the weight distance, or "" for none)
+evaluate_all() {
+  local config=$1 classifier=$2 reference=$3 out=$4 run todo=() ref=(); shift 4
+  for run in "$@"; do [ -f "$out/$run/eval/metrics.json" ] || todo+=("$out/$run"); done
+  [ -z "$reference" ] || ref=(--reference "$reference")
+  [ ${#todo[@]} = 0 ] || $PY -m erasediff evaluate --config "$config" "${SETS[@]}" --classifier "$classifier" "${ref[@]}" \
+      --model "${todo[@]}"
+}
