@@ -121,9 +121,10 @@ def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labe
     out: dict[str, Any] = {"fid_features": extractor_id}
     remain = torch.isin(labels, torch.tensor(remain_classes))
     remain_key = reference_key(real.name, e.real_split, remain_classes) + quirk_tag
+    # features of the generated remaining-class images, shared by FID and precision/recall
+    gen_feats = extract_features(extractor, gen[remain]) if wanted & {"fid", "precision_recall"} else None
     if "fid" in wanted:
         ref = reference_statistics(remain_key, real_images(remain_classes), extractor, extractor_id, e.fid_cache)
-        gen_feats = extract_features(extractor, gen[remain])
         out["fid"] = fid_from_statistics(*feature_statistics(gen_feats), *ref)
     if "per_class_fid" in wanted:
         classes = list(range(real.num_classes))
@@ -134,7 +135,7 @@ def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labe
         memo = (remain_key, extractor_id)
         if memo not in _REAL_FEATURES:
             _REAL_FEATURES[memo] = torch.from_numpy(extract_features(extractor, real_images(remain_classes)()))
-        pr = precision_recall(_REAL_FEATURES[memo], torch.from_numpy(extract_features(extractor, gen[remain])), k=3)
+        pr = precision_recall(_REAL_FEATURES[memo], torch.from_numpy(gen_feats), k=3)
         out.update(q.apply_metrics({k: pr[k] for k in ("precision", "recall")}))
     if "inception_score" in wanted:
         scored = real_images(remain_classes)() if q.is_on_reference else gen[remain]
