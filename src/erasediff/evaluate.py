@@ -88,6 +88,7 @@ def classifier_metrics(
 
 
 _REAL_FEATURES: dict[tuple[str, str], torch.Tensor] = {}  # real features, reused across the models of one process
+_INCEPTION: dict[tuple[str, str], torch.nn.Module] = {}
 
 
 def _extractor(cfg: RunConfig, classifier: torch.nn.Module | None, classifier_dir: str | None, device: torch.device):
@@ -97,7 +98,10 @@ def _extractor(cfg: RunConfig, classifier: torch.nn.Module | None, classifier_di
         files = sorted(p for p in Path(classifier_dir).iterdir() if p.is_file())
         digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
         return classifier.features, f"classifier-{digest}", classifier
-    net = inception_extractor(64 if kind == "inception64" else 2048, device)
+    key = (kind, str(device))
+    if key not in _INCEPTION:  # built (and its weights read) once per process, not once per model
+        _INCEPTION[key] = inception_extractor(64 if kind == "inception64" else 2048, device)
+    net = _INCEPTION[key]
     return net, net.extractor_id, None
 
 
