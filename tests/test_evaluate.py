@@ -4,6 +4,7 @@ cache, the quirk options and weight distance, and several models in one call."""
 import json
 
 import pytest
+import torch
 from helpers import SMOKE, TINY, tiny_config
 
 from erasediff.classifier_training import train_eval_classifier
@@ -89,3 +90,36 @@ def test_cli_evaluates_several_models_in_one_call(setup, tmp_path, capsys):
     # never overwritten: a second call refuses before evaluating anything
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_inception_features_are_built_once_per_process(setup, tmp_path, monkeypatch):
+    """fid_features: inception goes through metrics.inception_extractor (here a small stand-in: the real
+    weights are not available offline) and reuses it for every model of the process."""
+    import erasediff.evaluate as ev
+
+    built = []
+
+    class StandIn(torch.nn.Module):
+        extractor_id = "stand-in-inception"
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(256, 8)
+
+        def forward(self, x):
+            return self.proj(x.flatten(1))
+
+    def fake_extractor(dims, device):
+        built.append(dims)
+        return StandIn()
+
+    monkeypatch.setattr(ev, "inception_extractor", fake_extractor)
+    monkeypatch.setattr(ev, "_INCEPTION", {})
+    root, (m0, m1) = setup
+    cfg = tiny_config("erasediff", "evaluate.metrics=[fid]", "evaluate.n_per_class=4", "sample.steps=2",
+                      "evaluate.fid_features=inception64", f"evaluate.fid_cache={tmp_path}")
+    for model in (m0, m1):
+        metrics, _, _ = evaluate(cfg, str(model), progress=False)
+        assert metrics["fid_features"] == "stand-in-inception" and metrics["fid"] > 0
+    assert built == [64]
+    assert len(list(tmp_path.glob("*stand-in-inception*.npz"))) == 1
