@@ -156,6 +156,14 @@ def test_surrogate_equal_to_a_forgotten_prompt_is_refused(tiny_pipeline, nudity_
     assert not (tmp_path / "run").exists()
 
 
+def test_missing_surrogate_is_refused_before_the_run_directory_exists(tiny_pipeline, nudity_folder, tmp_path, capsys):
+    code = main(["unlearn", "--config", str(SMOKE / "erasediff_u.yaml"), "--set", f"model.pretrained={tiny_pipeline}",
+                 "--set", f"data.root={nudity_folder}", "--set", "model.sd.surrogate_prompt=null",
+                 "--output-dir", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2 and "needs a surrogate prompt: set model.sd.surrogate_prompt" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_method_and_bad_prompt_config(tiny_pipeline, nudity_folder, capsys):
     code = main(["unlearn", "--config", str(SMOKE / "erasediff_u.yaml"), "--set", "method.name=forget_everything"])
     assert code == 2 and "unknown method 'forget_everything'" in capsys.readouterr().err

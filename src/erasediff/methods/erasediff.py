@@ -106,6 +106,11 @@ class EraseDiff(Method):
                 "method.target 'random_label' needs a conditional model (no other class exists for "
                 f"backbone '{state.cfg.model.backbone}'); valid targets here: uniform"
             )
+        if self.cfg.target == "random_label":
+            # ask for the other condition once now, so a missing one (SD without model.sd.surrogate_prompt)
+            # fails in prepare, before the run directory exists; a throwaway generator leaves the run's RNG alone
+            probe = torch.Generator(device=state.generator.device).manual_seed(0)
+            state.backbone.other_condition(state.backbone.null_condition(1), probe)
         self.forget_iter = data.forget
         self.since_inner = 0  # outer steps taken since the last inner loop
         self.phi = float("nan")  # f* = L_f(φ^K), a detached number
