@@ -30,9 +30,7 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
   $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE"
-done_or "$OUT/retrain" || $PY -m erasediff train --config "$(cfg retrain)" "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
-done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config "$(cfg blindspot_proxy)" "${SETS[@]}" --seed $SEED \
-    --output-dir "$OUT/blindspot_proxy"
+train_all cfg "$OUT" retrain blindspot_proxy
 fisher_and_mask cfg "$BASE" "$OUT"
 unlearn_all cfg "$BASE" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun
 # the judge, then every model on the same noise in one process, then the table

@@ -26,9 +26,7 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
   $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE"
-done_or "$OUT/retrain" || $PY -m erasediff train --config "$(cfg retrain)" "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
-done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config "$(cfg blindspot_proxy)" "${SETS[@]}" --seed $SEED \
-    --output-dir "$OUT/blindspot_proxy"
+train_all cfg "$OUT" retrain blindspot_proxy
 unlearn_all cfg "$BASE" "$OUT" erasediff finetune neggrad blindspot
 # the judge, then every model on the same noise in one process (WD to Retrain), then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg eval)" --output-dir "$CLASSIFIER"

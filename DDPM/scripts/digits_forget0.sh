@@ -16,10 +16,9 @@ if [ "${SMOKE:-0}" = 1 ]; then CFG=DDPM/configs/digits/smoke; OUT=${OUT}_smoke; 
 done_or "$OUT/base" || $PY -m erasediff train --config $CFG/pretrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/base"
 done_or "$OUT/classifier/classifier.json" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$OUT/classifier"
 # 2. Retrain (from scratch on D_r) and the BlindSpot proxy (from scratch on D_r, shorter)
-done_or "$OUT/retrain" || $PY -m erasediff train --config $CFG/retrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/retrain"
-done_or "$OUT/blindspot_proxy" || $PY -m erasediff train --config $CFG/blindspot_proxy.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/blindspot_proxy"
-# 3. Files the SA and SalUn runs need
 cfg() { echo "$CFG/$1.yaml"; }
+train_all cfg "$OUT" retrain blindspot_proxy
+# 3. Files the SA and SalUn runs need
 fisher_and_mask cfg "$OUT/base" "$OUT"
 # 4. Unlearning, every method from the same Unscrubbed model
 unlearn_all cfg "$OUT/base" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun

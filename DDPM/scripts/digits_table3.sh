@@ -19,11 +19,9 @@ BASE=${BASE:-$OUT/base}; CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 done_or "$BASE" || $PY -m erasediff train --config $PRE "${SETS[@]}" --seed $SEED --output-dir "$BASE"
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$CLASSIFIER"
 # 2. From scratch on D_r: Retrain and the BlindSpot proxy
-for m in retrain blindspot_proxy; do
-  done_or "$OUT/$m" || $PY -m erasediff train --config $CFG/$m.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/$m"
-done
-# 3. SA's Fisher and SalUn's mask of the Unscrubbed model
 cfg() { echo "$CFG/$1.yaml"; }
+train_all cfg "$OUT" retrain blindspot_proxy
+# 3. SA's Fisher and SalUn's mask of the Unscrubbed model
 fisher_and_mask cfg "$BASE" "$OUT"
 # 4. Unlearning, every method from the same Unscrubbed model
 unlearn_all cfg "$BASE" "$OUT" finetune neggrad blindspot erasediff selective_amnesia salun

@@ -17,6 +17,14 @@ link_base() {
     if [ -e "$base/$f" ] && [ ! -e "$dest/$f" ]; then ln -s "$(realpath "$base/$f")" "$dest/$f"; fi
   done
 }
+# train_all CFGFN OUT RUN...: each RUN (Retrain, the BlindSpot proxy) trained from scratch into OUT/RUN with
+# config `$(CFGFN RUN)`
+train_all() {
+  local cfgfn=$1 out=$2 run; shift 2
+  for run in "$@"; do
+    done_or "$out/$run" || $PY -m erasediff train --config "$($cfgfn "$run")" "${SETS[@]}" --seed "$SEED" --output-dir "$out/$run"
+  done
+}
 # fisher_and_mask CFGFN BASE OUT: SA's Fisher and SalUn's mask of BASE into OUT (configs `$(CFGFN name)`)
 fisher_and_mask() {
   local cfgfn=$1 base=$2 out=$3
