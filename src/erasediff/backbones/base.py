@@ -69,8 +69,14 @@ class Backbone:
         raise NotImplementedError
 
     def drop_condition(self, cond: Any, p: float, generator: torch.Generator) -> Any:
-        """Replace each sample's condition by the null condition with probability p (CFG training)."""
-        raise NotImplementedError
+        """Replace each sample's condition by the null condition with probability p (CFG training).
+
+        cond: (B,) int64 ids (class ids, prompt ids); the null id comes from `null_condition`.
+        """
+        if p <= 0:
+            return cond
+        drop = torch.rand(cond.shape, generator=generator, device=generator.device).to(cond.device) < p
+        return torch.where(drop, self.null_condition(cond.shape[0]).to(cond.device), cond)
 
     def condition_for_classes(self, classes: torch.Tensor) -> Any:
         raise NotImplementedError

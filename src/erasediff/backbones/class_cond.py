@@ -35,12 +35,6 @@ class ClassConditionalBackbone(PixelBackbone):
         shift = torch.randint(1, self.num_classes, cond.shape, generator=generator, device=generator.device)
         return (cond + shift.to(cond.device)) % self.num_classes
 
-    def drop_condition(self, cond: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-        if p <= 0:
-            return cond
-        drop = torch.rand(cond.shape, generator=generator, device=generator.device).to(cond.device) < p
-        return torch.where(drop, torch.full_like(cond, self.num_classes), cond)
-
     def condition_for_classes(self, classes: torch.Tensor) -> torch.Tensor:
         return classes.to(self.device, dtype=torch.long)
 

@@ -218,12 +218,6 @@ class StableDiffusionBackbone(Backbone):
                               "(e.g. 'a person wearing clothes')")
         return torch.full_like(cond, self.surrogate_id)
 
-    def drop_condition(self, cond: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-        if p <= 0:
-            return cond
-        drop = torch.rand(cond.shape, generator=generator, device=generator.device).to(cond.device) < p
-        return torch.where(drop, torch.full_like(cond, self.null_id), cond)
-
     def condition_for_classes(self, classes: torch.Tensor) -> torch.Tensor:
         """Prompt indices into data.prompts -> conditions (the same ids; `predict` looks up the embeddings)."""
         return classes.to(self.device, dtype=torch.long)
