@@ -235,6 +235,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {out}" + (f" and {grid} (one panel per method in table order, one row per class)" if grid else ""))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import run_bench
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    _, table = run_bench(args.config, overrides, warmup=args.warmup, steps=args.steps, output_dir=args.output_dir,
+                         progress=not args.no_progress)
+    print(table, end="")
+    if args.output_dir:
+        print(f"wrote {Path(args.output_dir)}: bench.json, bench.md")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -382,6 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="folder with one run directory per method (a script's OUT)")
     p.add_argument("--output", help="markdown file to write (default <RESULTS>/<layout>.md)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="per-step time and peak memory of several methods, as ratios to Finetune",
+                       description="prepare every --config as `unlearn` would (same model, same batches), each in its own "
+                       "process, run --warmup untimed and --steps timed outer steps, and print seconds per step and peak "
+                       "memory (CUDA max allocated; CPU peak RSS) with their ratios to the Finetune config (else the first)")
+    p.add_argument("--config", nargs="+", required=True, help="experiment YAMLs, one per method (include a Finetune one)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every config, e.g. --set data.batch_size=16, or in one config "
+                   "named by its file stem: --set selective_amnesia:method.fisher=F (repeatable)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides `device`)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed outer steps first (default 3)")
+    p.add_argument("--steps", type=int, default=10, help="timed outer steps (default 10)")
+    p.add_argument("--output-dir", help="also write bench.json and bench.md here (never overwritten)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="offline CPU demo: pretrain on digits, unlearn digit 0 with EraseDiff, evaluate",
                        description="train a class-conditional DDPM on scikit-learn digits, a CNN classifier, unlearn digit 0 "
