@@ -340,7 +340,7 @@ def prepare(
             ema.load_shadow([shadow[n].to(device) for n in names])
         del ema_model
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    state = TrainState(cfg, backbone, model, params, names, optimizer, lr_scheduler, ema, generator)
+    state = TrainState(cfg, backbone, model, params, names, optimizer, lr_scheduler, ema, generator, progress=progress)
     if setup_method:
         if method.needs_remain and cfg.data.remain_source == "generated":
             data.remain = generated_remain(state, dataset.num_classes, progress)

@@ -38,6 +38,7 @@ class TrainState:
     ema: EMA | None
     generator: torch.Generator  # noise, timesteps and label dropout of the training steps
     step: int = 0
+    progress: bool = True  # show the bars of setup work (a method's own sampling), as prepare(progress=)
 
     def clip_and_step(self, after_clip: Callable[[], None] | None = None) -> float | None:
         """Clip the global grad norm (train.grad_clip), call `after_clip` (e.g. SalUn's gradient mask),

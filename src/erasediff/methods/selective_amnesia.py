@@ -298,7 +298,7 @@ class SelectiveAmnesia(Method):
         self.replay = None
         if self.cfg.replay == "generated":
             remaining = [c for c in range(state.cfg.model.arch.num_classes) if c not in forget]
-            images, labels = generate_classes(state, remaining, self.cfg.replay_samples_per_class)
+            images, labels = generate_classes(state, remaining, self.cfg.replay_samples_per_class, state.progress)
             self.replay = InfiniteBatches(
                 TensorDataset(images, labels), torch.arange(len(labels)), state.cfg.data.batch_size,
                 seed=state.cfg.seed * 2, device=state.backbone.device,
