@@ -3,8 +3,8 @@
 # CIFAR10's bird + ship) with Unscrubbed, Retrain, Finetune, NegGrad, BlindSpot, EraseDiff, SA and
 # SalUn, then per-class Fréchet distances in the judge's feature space, forgotten-class probability and
 # rate, remaining accuracy and the weight distance to Retrain, printed by `report --layout digits_table3`.
-# Expected run time: ~35 min on 2 CPU cores (no GPU needed; ~12 min less with BASE/CLASSIFIER reused
-# from digits_forget0.sh); GPU memory: < 1 GB if run on a GPU.
+# Expected run time: ~20 min on 2 idle CPU cores from scratch (measured 19 min 52 s; no GPU needed; ~3 min
+# less with BASE/CLASSIFIER reused from digits_forget0.sh); GPU memory: < 1 GB if run on a GPU.
 # BASE=<run dir> reuses an Unscrubbed digits model, CLASSIFIER=<dir> a trained judge.
 # SMOKE=1 runs the same pipeline on tiny configs in about a minute (the tests do this).
 set -euo pipefail
