@@ -34,26 +34,16 @@ def _bench_one(config: str, overrides: list[str], warmup: int, steps: int) -> di
     cfg = load_config(config, overrides)
     with tempfile.TemporaryDirectory() as tmp:  # prepare writes nothing; the path only has to be fresh
         run = prepare(cfg, run_dir=Path(tmp) / "bench", progress=False)
-    s, data, method = run.state, run.data, run.method
-    device = s.backbone.device
+    s, device = run.state, run.state.backbone.device
     s.model.train()
-
-    def step() -> None:
-        forget = next(data.forget) if data.forget is not None else None
-        remain = next(data.remain) if data.remain is not None else None
-        method.update(s, forget, remain)
-        if s.ema is not None:
-            s.ema.update()
-        s.step += 1
-
     for _ in range(warmup):
-        step()
+        run.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        run.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0

@@ -222,6 +222,17 @@ class Run:
             (self.run_dir / "model_ema" / "erasediff_config.yaml").write_text(text)
 
     # -------------------------------------------------------------------------------- the loop
+    def step(self) -> dict[str, float]:
+        """One outer step: draw the D_f / D_r batches the method uses, update, EMA; returns its logs."""
+        s = self.state
+        forget = next(self.data.forget) if self.data.forget is not None else None
+        remain = next(self.data.remain) if self.data.remain is not None else None
+        logs = self.method.update(s, forget, remain)
+        if s.ema is not None:
+            s.ema.update()
+        s.step += 1
+        return logs
+
     def execute(self, progress: bool = True) -> dict[str, Any]:
         cfg, s, t = self.cfg, self.state, self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,12 +248,7 @@ class Run:
         bar = tqdm(total=t.steps, initial=start, desc=f"{cfg.method.name}", unit="step", disable=not progress)
         s.model.train()
         while s.step < t.steps:
-            forget = next(self.data.forget) if self.data.forget is not None else None
-            remain = next(self.data.remain) if self.data.remain is not None else None
-            last = self.method.update(s, forget, remain)
-            if s.ema is not None:
-                s.ema.update()
-            s.step += 1
+            last = self.step()
             bar.update(1)
             if s.step % t.log_every == 0 or s.step == t.steps:
                 log_file.write(json.dumps({"step": s.step, "lr": s.lr_scheduler.get_last_lr()[0], **last}) + "\n")
