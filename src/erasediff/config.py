@@ -5,29 +5,43 @@ keys it overrides; the merge is recursive for mappings, and lists/scalars are re
 changes `method.name`, the base's method section is dropped (its keys belong to another method).
 `--set a.b=value` overrides come last and are parsed with the same YAML rules.
 
-Validation happens here, before any model or dataset is built: an unknown key, a wrong type or an
-invalid choice raises `ConfigError` naming the dotted path and the valid keys or choices.
+Validation happens here, before any model or dataset is built: an unknown key, a wrong type, an
+invalid choice or a number out of range raises `ConfigError` naming the dotted path and the valid keys,
+choices or range. Ranges are declared on the fields with `typing.Annotated` and the `annotated_types`
+constraints (Ge, Gt, Le, Lt, Interval, MinLen, MaxLen), e.g. `lr: Annotated[float, Gt(0)]`, and are
+checked after type conversion; every float-typed key must also be finite (NaN and ±inf are refused;
+a field could opt out with the `AllowNonFinite()` marker, none does). Checks across fields or
+sections live in the dataclasses' `validate(path)` methods (RunConfig.validate runs last).
+A YAML mapping that repeats a key is refused (PyYAML would silently keep the last one).
 
 YAML quirks handled (DESIGN.md "Configs"): PyYAML follows YAML 1.1, so `1e-5` is read as the
 *string* "1e-5" and `no`/`yes`/`on`/`off` as booleans. Our loader uses YAML 1.2 rules instead:
 `1e-5` is a float, only true/false are booleans (so `no` stays a string), and a bool-typed key also
 accepts yes/no/on/off. A float-typed key accepts ints and numeric strings.
+
+Why one file over 300 lines: the schema and the engine that reads it (coercion, ranges, merging,
+the YAML loader) change together; the engine is slated to move onto a maintained library (pydantic
+or OmegaConf), which will shrink this file to the schema alone.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+import annotated_types
 import yaml
+from annotated_types import Ge, Gt, Interval, MinLen
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 
 # --------------------------------------------------------------------------------------------- YAML
@@ -56,9 +70,56 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
-    """Parse YAML text with YAML 1.2 scalar rules (see module docstring)."""
-    return yaml.load(text, Loader=_Yaml12Loader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(loader: _Yaml12Loader, node: yaml.Node, path: str, source: str, seen: set[int]) -> None:
+    """ConfigError at the first mapping of the composed `node` tree that holds a key twice.
+
+    Keys are compared as the Python values they load as (the dict would keep only the last one);
+    `<<` merge keys are exempt, since overriding a merged key is what they are for.
+    """
+    if id(node) in seen:  # an alias of a node already walked (or a recursive structure)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, f"{path}[{i}]", source, seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                _refuse_duplicate_keys(loader, value_node, path, source, seen)
+                continue
+            child = f"{path}.<complex key>" if path else "<complex key>"
+            if isinstance(key_node, yaml.ScalarNode):  # scalars load as hashable values
+                key = loader.construct_object(key_node)
+                child = f"{path}.{key}" if path else str(key)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    where = f"line {line}" if lines[key] == line else f"lines {lines[key]} and {line}"
+                    raise ConfigError(f"{source}: duplicate key '{child}' ({where}); each key may appear once "
+                                      "per mapping")
+                lines[key] = line
+            _refuse_duplicate_keys(loader, value_node, child, source, seen)
+
+
+def yaml_load(text: str, source: str = "config text", path: str = "") -> Any:
+    """Parse YAML text with YAML 1.2 scalar rules (see module docstring).
+
+    A mapping with a repeated key raises ConfigError "<source>: duplicate key '<path>.<key>' (lines ...)";
+    `path` is the dotted key the document sits under (for `--set a.b=...` values).
+    """
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node, path, source, set())
+        loader.constructed_objects = {}
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def yaml_dump(data: Any) -> str:
@@ -66,6 +127,17 @@ def yaml_dump(data: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ config schema
+class AllowNonFinite:
+    """`Annotated` marker: this float key accepts NaN and ±inf (by default every float must be finite)."""
+
+    def __repr__(self) -> str:
+        return "AllowNonFinite()"
+
+
+#: a seed of torch.Generator; below 2**32 so the derived seeds (seed * 1_000_003 + epoch, ...) fit in 64 bits
+Seed = Annotated[int, Interval(ge=0, lt=2**32)]
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """UNet architecture used when a model is built from scratch (pretraining, Retrain, BlindSpot proxy).
@@ -75,22 +147,34 @@ class ArchConfig:
     `num_classes` is unused by the network).
     """
 
-    sample_size: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    num_classes: int = 10
-    block_out_channels: tuple[int, ...] = (128, 256, 256, 256)
-    layers_per_block: int = 2
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D")
-    up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+    sample_size: Annotated[int, Ge(1)] = 32
+    in_channels: Annotated[int, Ge(1)] = 3
+    out_channels: Annotated[int, Ge(1)] = 3
+    num_classes: Annotated[int, Ge(1)] = 10
+    block_out_channels: Annotated[tuple[Annotated[int, Ge(1)], ...], MinLen(1)] = (128, 256, 256, 256)
+    layers_per_block: Annotated[int, Ge(1)] = 2
+    down_block_types: Annotated[tuple[str, ...], MinLen(1)] = (
+        "DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D")
+    up_block_types: Annotated[tuple[str, ...], MinLen(1)] = ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
     mid_block_attention: bool = True
-    attention_head_dim: int = 256
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-6
-    dropout: float = 0.1
+    attention_head_dim: Annotated[int, Ge(1)] = 256
+    norm_num_groups: Annotated[int, Ge(1)] = 32
+    norm_eps: Annotated[float, Gt(0)] = 1e-6
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
     flip_sin_to_cos: bool = False
-    freq_shift: int = 1
-    downsample_padding: int = 0
+    freq_shift: Annotated[int, Ge(0)] = 1
+    downsample_padding: Annotated[int, Ge(0)] = 0
+
+    def validate(self, path: str) -> None:
+        n = len(self.block_out_channels)
+        if not len(self.down_block_types) == n == len(self.up_block_types):
+            raise ConfigError(f"config keys '{path}.block_out_channels' ({n} entries), '{path}.down_block_types' "
+                              f"({len(self.down_block_types)}) and '{path}.up_block_types' ({len(self.up_block_types)}) "
+                              "must have the same length (one entry per resolution)")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ConfigError(f"config key '{path}.block_out_channels' entries {bad} are not divisible by "
+                              f"'{path}.norm_num_groups' = {self.norm_num_groups} (GroupNorm)")
 
 
 @dataclass(frozen=True)
@@ -139,15 +223,31 @@ class ModelConfig:
     trainable: Literal["full", "xattn", "noxattn", "selfattn"] = "full"
     sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
 
+    def validate(self, path: str) -> None:
+        a, where = self.arch, f"{path}.arch"
+        if self.backbone == "class_cond":  # ClassConditionalUNet splits every attention block into heads
+            attn = [c for c, t in zip(a.block_out_channels, a.down_block_types) if t.startswith("Attn")]
+            attn += [c for c, t in zip(reversed(a.block_out_channels), a.up_block_types) if t.startswith("Attn")]
+            attn += [a.block_out_channels[-1]] if a.mid_block_attention else []
+            bad = sorted({c for c in attn if c % a.attention_head_dim})
+            if bad:
+                raise ConfigError(f"config key '{where}.attention_head_dim' = {a.attention_head_dim} must divide the "
+                                  f"channels of every attention block (got blocks of {bad} channels)")
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     """Forward process (PAPER.md §1): linear betas 1e-4 -> 0.02 over T = 1000 for DDPM/CIFAR10."""
 
-    num_train_timesteps: int = 1000
+    num_train_timesteps: Annotated[int, Ge(1)] = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    beta_start: Annotated[float, Interval(gt=0, lt=1)] = 1e-4
+    beta_end: Annotated[float, Interval(gt=0, lt=1)] = 0.02
+
+    def validate(self, path: str) -> None:
+        if not self.beta_start < self.beta_end:
+            raise ConfigError(f"config key '{path}.beta_start' must be < '{path}.beta_end' "
+                              f"(got {self.beta_start} >= {self.beta_end})")
 
 
 @dataclass(frozen=True)
@@ -164,6 +264,8 @@ class DataConfig:
     pretrained model samples `remain_generated` images spread evenly over the remaining classes
     (rounded up to a multiple of their number; EMA weights if sample.use_ema, the sample section's
     sampler and seed), and those are D_r. Needs a conditional model.
+    Ranges: forget_classes >= 0 without repeats, forget_ratio in (0, 1], batch sizes and
+    remain_generated >= 1, num_workers >= 0.
     """
 
     dataset: Literal["digits", "cifar10", "folder", "celebahq", "prompt_folder"] = "digits"
@@ -175,15 +277,15 @@ class DataConfig:
     attribute: Optional[str] = None
     attribute_file: Optional[str] = None
     remain_source: Literal["real", "generated"] = "real"
-    remain_generated: int = 4500
-    image_size: Optional[int] = None
+    remain_generated: Annotated[int, Ge(1)] = 4500
+    image_size: Optional[Annotated[int, Ge(1)]] = None
     hflip: bool = False
     download: bool = True
-    forget_classes: tuple[int, ...] = ()
-    forget_ratio: Optional[float] = None
-    batch_size: int = 128
-    forget_batch_size: Optional[int] = None
-    num_workers: int = 0
+    forget_classes: tuple[Annotated[int, Ge(0)], ...] = ()
+    forget_ratio: Optional[Annotated[float, Interval(gt=0, le=1)]] = None
+    batch_size: Annotated[int, Ge(1)] = 128
+    forget_batch_size: Optional[Annotated[int, Ge(1)]] = None
+    num_workers: Annotated[int, Ge(0)] = 0
 
     def validate(self, path: str) -> None:
         if self.dataset == "celebahq" and not self.attribute:
@@ -192,8 +294,10 @@ class DataConfig:
         if self.dataset != "celebahq" and (self.attribute or self.attribute_file):
             raise ConfigError(f"config keys '{path}.attribute' / '{path}.attribute_file' apply to dataset celebahq only "
                               f"(dataset is {self.dataset})")
-        if self.remain_generated < 1:
-            raise ConfigError(f"config key '{path}.remain_generated' must be >= 1 (got {self.remain_generated})")
+        repeated = sorted({c for c in self.forget_classes if self.forget_classes.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"config key '{path}.forget_classes' lists {repeated} more than once "
+                              f"(got {list(self.forget_classes)})")
         self._resolve_forget_prompts(path)
 
     def _resolve_forget_prompts(self, path: str) -> None:
@@ -221,21 +325,36 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The loop's optimiser, EMA, clipping and bookkeeping (shared by every method)."""
+    """The loop's optimiser, EMA, clipping and bookkeeping (shared by every method).
 
-    steps: int = 1000
+    steps >= 1; lr > 0; betas each in [0, 1); eps > 0; weight_decay >= 0; warmup_steps >= 0;
+    grad_clip: max gradient norm > 0, null = no clipping; ema_decay in [0, 1], null = no EMA;
+    log_every >= 1; sample_every / checkpoint_every: every that many steps, 0 = off.
+    nonfinite: what the loop does when the loss or the gradient norm is NaN/inf: `stop` ends the run
+    at that step (the last good checkpoint is kept), `skip_step` drops that update (the optimiser,
+    EMA and weights are left unchanged) and counts it.
+    checkpoint_minutes: also save a checkpoint when this many minutes (>= 0) have passed since the
+    last one, so a killed run loses at most that much work; 0 = off (checkpoint_every alone).
+    keep_checkpoints: how many of the newest checkpoints are kept (>= 1); keep 2 or more so the
+    previous one is the fallback when the newest is corrupt.
+    """
+
+    steps: Annotated[int, Ge(1)] = 1000
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: Optional[float] = 1.0
-    ema_decay: Optional[float] = 0.9999
+    lr: Annotated[float, Gt(0)] = 1e-4
+    betas: tuple[Annotated[float, Interval(ge=0, lt=1)], Annotated[float, Interval(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: Annotated[float, Gt(0)] = 1e-8
+    weight_decay: Annotated[float, Ge(0)] = 0.0
+    warmup_steps: Annotated[int, Ge(0)] = 0
+    grad_clip: Optional[Annotated[float, Gt(0)]] = 1.0
+    ema_decay: Optional[Annotated[float, Interval(ge=0, le=1)]] = 0.9999
     ema_warmup: bool = False
-    log_every: int = 10
-    sample_every: int = 0
-    checkpoint_every: int = 0
+    log_every: Annotated[int, Ge(1)] = 10
+    sample_every: Annotated[int, Ge(0)] = 0
+    checkpoint_every: Annotated[int, Ge(0)] = 0
+    nonfinite: Literal["stop", "skip_step"] = "stop"
+    checkpoint_minutes: Annotated[float, Ge(0)] = 10.0
+    keep_checkpoints: Annotated[int, Ge(1)] = 2
 
 
 @dataclass(frozen=True)
@@ -251,19 +370,24 @@ class SampleConfig:
     with it), but hurts at 50–100 DDIM steps with guidance (CPU-NOTES.md).
     seed: the evaluation generator's seed, separate from the run seed, so every method is scored on
     the same noise.
+    Ranges: steps in [1, diffusion.num_train_timesteps] (DDIM steps; the DDPM sampler always runs
+    all T); eta in [0, 1] (diffusers' DDIM turns NaN above 1); guidance >= 0 (0 = the conditional
+    prediction alone in the "sa" convention, the unconditional one in "diffusers"; negative scales
+    push towards the null condition and are refused); batch_size, grid_per_class >= 1; seed in
+    [0, 2**32).
     """
 
     sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = 100
-    eta: float = 0.0
-    guidance: float = 2.0
+    steps: Annotated[int, Ge(1)] = 100
+    eta: Annotated[float, Interval(ge=0, le=1)] = 0.0
+    guidance: Annotated[float, Ge(0)] = 2.0
     guidance_convention: Literal["sa", "diffusers"] = "sa"
     ddpm_variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
     clip_denoised: bool = False
     use_ema: bool = True
-    seed: int = 1234
-    batch_size: int = 250
-    grid_per_class: int = 8
+    seed: Seed = 1234
+    batch_size: Annotated[int, Ge(1)] = 250
+    grid_per_class: Annotated[int, Ge(1)] = 8
 
 
 @dataclass(frozen=True)
@@ -289,21 +413,15 @@ class EvaluateConfig:
     to the generated and the real images, as the peers' scripts do.
     """
 
-    n_per_class: int = 100
-    n_forget: Optional[int] = None
+    n_per_class: Annotated[int, Ge(1)] = 100
+    n_forget: Optional[Annotated[int, Ge(1)]] = None
     classifier: Optional[str] = None
     real_split: Literal["train", "test"] = "train"
-    metrics: tuple[Literal["classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall",
-                           "inception_score", "weight_distance"], ...] = ("classifier",)
+    metrics: Annotated[tuple[Literal["classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall",
+                                     "inception_score", "weight_distance"], ...], MinLen(1)] = ("classifier",)
     fid_features: Literal["inception", "inception64", "classifier"] = "inception"
     fid_cache: str = "results/fid_stats"
     quirks: tuple[Literal["minmax_stretch", "bgr", "uint8_cast", "swap_precision_recall", "is_on_reference"], ...] = ()
-
-    def validate(self, path: str) -> None:
-        if self.n_per_class < 1 or (self.n_forget is not None and self.n_forget < 1):
-            raise ConfigError(f"config keys '{path}.n_per_class' / '{path}.n_forget' must be >= 1")
-        if not self.metrics:
-            raise ConfigError(f"config key '{path}.metrics' is empty: list at least one metric")
 
 
 @dataclass(frozen=True)
@@ -322,31 +440,30 @@ class ClassifierConfig:
     """
 
     arch: Literal["digits_cnn", "resnet34"] = "digits_cnn"
-    image_size: Optional[int] = None
+    image_size: Optional[Annotated[int, Ge(32)]] = None
     pretrained: bool = True
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_head: Optional[float] = None
-    weight_decay: float = 0.0
+    epochs: Annotated[int, Ge(1)] = 30
+    batch_size: Annotated[int, Ge(1)] = 128
+    lr: Annotated[float, Gt(0)] = 1e-3
+    lr_head: Optional[Annotated[float, Gt(0)]] = None
+    weight_decay: Annotated[float, Ge(0)] = 0.0
     augment: bool = True
-    seed: int = 0
+    seed: Seed = 0
 
     def validate(self, path: str) -> None:
         if self.image_size is not None and self.arch != "resnet34":
             raise ConfigError(f"config key '{path}.image_size' applies to arch resnet34 only (arch is {self.arch})")
-        if self.image_size is not None and self.image_size < 32:
-            raise ConfigError(f"config key '{path}.image_size' must be >= 32 (got {self.image_size})")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"config keys '{path}.epochs' and '{path}.batch_size' must be >= 1 "
-                              f"(got {self.epochs}, {self.batch_size})")
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One experiment. seed in [0, 2**32) (derived seeds such as seed * 1_000_003 + epoch must fit torch's
+    64-bit generator seed). A method config may define `check_run(run, path)` for checks that need the
+    other sections (e.g. a step count bounded by diffusion.num_train_timesteps); `validate` calls it."""
+
     experiment: str
     method: Any  # a method's own config dataclass, chosen by `method.name` (see erasediff.methods)
-    seed: int = 0
+    seed: Seed = 0
     output_root: str = "results"
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -356,6 +473,15 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def validate(self, path: str) -> None:
+        T = self.diffusion.num_train_timesteps
+        if self.sample.steps > T:
+            raise ConfigError(f"config key 'sample.steps' must be <= diffusion.num_train_timesteps = {T} "
+                              f"(got {self.sample.steps})")
+        check_run = getattr(self.method, "check_run", None)
+        if check_run is not None:
+            check_run(self, "method")
 
     def run_dir(self) -> Path:
         """results/<experiment>/<method>/seed<k> (DESIGN.md "Checkpoints and outputs")."""
@@ -368,6 +494,8 @@ _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": Fals
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(tp)))
     if origin in (typing.Union, types.UnionType):
@@ -379,14 +507,72 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def _bounds(constraint: Any) -> list[tuple[str, Any]] | None:
+    """(operator, bound) pairs of an annotated_types bound constraint; None for other metadata."""
+    if isinstance(constraint, Interval):
+        pairs = [(">", constraint.gt), (">=", constraint.ge), ("<", constraint.lt), ("<=", constraint.le)]
+        return [(op, b) for op, b in pairs if b is not None]
+    for cls, op, attr in ((Gt, ">", "gt"), (Ge, ">=", "ge"), (annotated_types.Lt, "<", "lt"),
+                          (annotated_types.Le, "<=", "le")):
+        if isinstance(constraint, cls):
+            return [(op, getattr(constraint, attr))]
+    return None
+
+
+_OPS = {">": lambda v, b: v > b, ">=": lambda v, b: v >= b, "<": lambda v, b: v < b, "<=": lambda v, b: v <= b}
+
+
+def _describe_bounds(pairs: list[tuple[str, Any]]) -> str:
+    """`>= 1`, or `in [0, 1)` for a lower and an upper bound."""
+    lower = [(op, b) for op, b in pairs if op[0] == ">"]
+    upper = [(op, b) for op, b in pairs if op[0] == "<"]
+    if len(lower) == 1 and len(upper) == 1:
+        (lo_op, lo), (hi_op, hi) = lower[0], upper[0]
+        return f"in {'[' if lo_op == '>=' else '('}{lo}, {hi}{']' if hi_op == '<=' else ')'}"
+    return " and ".join(f"{op} {b}" for op, b in pairs)
+
+
+def _check_constraints(value: Any, metadata: tuple, path: str, nullable: bool) -> None:
+    """Check the annotated_types constraints of an `Annotated` field on the coerced `value`."""
+    or_null = " or null" if nullable else ""
+    for constraint in metadata:
+        pairs = _bounds(constraint)
+        if pairs is not None:
+            if not all(_OPS[op](value, b) for op, b in pairs):
+                raise ConfigError(f"config key '{path}' must be {_describe_bounds(pairs)}{or_null} (got {value!r})")
+        elif isinstance(constraint, annotated_types.MinLen):
+            if len(value) < constraint.min_length:
+                need = "not be empty" if constraint.min_length == 1 else f"have at least {constraint.min_length} entries"
+                raise ConfigError(f"config key '{path}' must {need} (got {list(value)!r})")
+        elif isinstance(constraint, annotated_types.MaxLen):
+            if len(value) > constraint.max_length:
+                raise ConfigError(f"config key '{path}' must have at most {constraint.max_length} entries "
+                                  f"(got {list(value)!r})")
+        elif isinstance(constraint, (annotated_types.BaseMetadata, annotated_types.GroupedMetadata)):
+            # a constraint this engine cannot check must not pass silently (a schema bug, not a user error)
+            raise TypeError(f"config key '{path}': unsupported constraint {constraint!r}")
+
+
+def _coerce(value: Any, tp: Any, path: str, *, finite: bool = True, nullable: bool = False) -> Any:
+    """`value` converted to type `tp` and checked against its constraints, or ConfigError.
+
+    finite: float values must be finite (an `AllowNonFinite()` marker in `Annotated` turns it off);
+    nullable: the key also accepts null (only used to word the error).
+    """
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(tp)
+        finite = finite and not any(isinstance(m, AllowNonFinite) for m in metadata)
+        out = _coerce(value, base, path, finite=finite, nullable=nullable)
+        if out is not None:
+            _check_constraints(out, tuple(metadata), path, nullable)
+        return out
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
+        return _coerce(value, inner[0], path, finite=finite, nullable=nullable or type(None) in args)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -397,10 +583,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"config key '{path}' must be a list (got {value!r})")
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(_coerce(v, args[0], f"{path}[{i}]", finite=finite) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"config key '{path}' must be a list of {len(args)} values (got {value!r})")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{path}[{i}]", finite=finite) for i, (v, a) in enumerate(zip(value, args)))
     if is_dataclass(tp):
         return build_dataclass(tp, value, path)
     if tp is bool:
@@ -416,19 +602,27 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = None
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                number = float(value)
+            elif isinstance(value, str):
+                number = float(value)
+        except ValueError:
+            pass
+        except OverflowError:  # an int beyond the float range
+            number = math.inf
+        if number is not None:
+            if finite and not math.isfinite(number):
+                raise ConfigError(f"config key '{path}' must be a finite number (got {value!r})")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     elif tp is Any:
         return value
-    raise ConfigError(f"config key '{path}' must be {_type_name(tp)} (got {value!r})")
+    or_null = " or null" if nullable else ""
+    raise ConfigError(f"config key '{path}' must be {_type_name(tp)}{or_null} (got {value!r})")
 
 
 def _unknown_key_error(key: str, path: str, valid: list[str]) -> ConfigError:
@@ -444,10 +638,13 @@ def build_dataclass(cls: type, data: Any, path: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{path or '<root>'}' must be a mapping (got {data!r})")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # keep Annotated[...] constraints
     valid = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {key!r} in '{path or '<root>'}' is not a name ({type(key).__name__}); "
+                              f"valid keys here: {', '.join(valid)}")
         if key not in valid:
             raise _unknown_key_error(str(key), path, valid)
         kwargs[key] = _coerce(value, hints[key], f"{path}.{key}" if path else key)
@@ -480,6 +677,15 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and its line when PyYAML knows them."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        context = getattr(exc, "context", None)
+        return f"{context + ': ' if context else ''}{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return first_line(exc)
+
+
 def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a config file and its `base:` chain into one merged dict."""
     path = Path(path)
@@ -489,9 +695,9 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if resolved in _seen:
         raise ConfigError(f"config 'base:' cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
     try:
-        data = yaml_load(path.read_text())
+        data = yaml_load(path.read_text(), source=f"config file {path}")
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
@@ -504,15 +710,18 @@ def load_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings; the value is parsed as YAML (so `1e-5`, `[0, 1]`, `null` work)."""
-    tree = _merge({}, tree)
+    """Apply `a.b.c=value` strings; the value is parsed as YAML (so `1e-5`, `[0, 1]`, `null` work).
+
+    Returns a new tree; `tree` itself is left unchanged.
+    """
+    tree = copy.deepcopy(tree)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value (got {item!r}), e.g. --set train.lr=1e-4")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         try:
-            value = yaml_load(raw) if raw.strip() else ""
+            value = yaml_load(raw, source=f"--set {item!r}", path=key.strip()) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = tree
@@ -532,14 +741,15 @@ def build_run_config(tree: dict) -> RunConfig:
 
     tree = dict(tree)
     method = tree.pop("method", None)
-    if not isinstance(method, dict) or "name" not in method:
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
         from .methods import METHODS
 
-        raise ConfigError(f"config key 'method.name' is required; valid methods: {', '.join(sorted(METHODS))}")
-    method_cfg = build_dataclass(method_config_class(method["name"]), method, "method")
-    tree["method"] = {}
-    cfg = build_dataclass(RunConfig, tree)
-    return dataclasses.replace(cfg, method=method_cfg)
+        got = "" if not isinstance(method, dict) or "name" not in method else f" (got {method['name']!r})"
+        raise ConfigError(f"config key 'method.name' is required: a method name{got}; valid methods: "
+                          f"{', '.join(sorted(METHODS))}")
+    # built first, then handed to RunConfig as it is (`method: Any`), so RunConfig.validate sees it
+    tree["method"] = build_dataclass(method_config_class(method["name"]), method, "method")
+    return build_dataclass(RunConfig, tree)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
