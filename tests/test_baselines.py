@@ -11,7 +11,7 @@ from helpers import REPO, SMOKE, TINY, tiny_config
 from erasediff.cli import main
 from erasediff.config import load_config
 from erasediff.errors import ConfigError
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 from erasediff.losses import denoising_loss, uniform_target_loss
 from erasediff.methods.blindspot import feature_modules
 
@@ -34,7 +34,7 @@ def fixed_loss(run, batch, seed: int = 123) -> float:
 # ------------------------------------------------------------------------------------------ NegGrad
 @pytest.mark.parametrize("split", ["forget", "remain"])
 def test_neggrad_step_ascends_the_loss_of_its_split(tmp_path, split):
-    run = prepare(tiny_config("neggrad", f"method.data={split}"), run_dir=tmp_path / "run")
+    run = build_run(tiny_config("neggrad", f"method.data={split}"))
     drawn = {"forget": run.data.forget, "remain": run.data.remain}
     assert drawn[split] is not None and drawn["remain" if split == "forget" else "forget"] is None
     assert run.method.needs_forget == (split == "forget") and run.method.needs_remain == (split == "remain")
@@ -76,14 +76,14 @@ def test_shipped_baseline_configs_validate(name):
 def proxy_dir(tmp_path_factory):
     """A tiny random-init model saved as a diffusers model directory (the same init as seed 0 runs)."""
     root = tmp_path_factory.mktemp("proxy")
-    run = prepare(tiny_config("blindspot_proxy"), run_dir=root / "run")
+    run = build_run(tiny_config("blindspot_proxy"))
     run.state.model.save_pretrained(root / "model")
     return root / "model"
 
 
 def blindspot_run(tmp_path, proxy_dir, *overrides):
     cfg = tiny_config("blindspot", f"method.proxy={proxy_dir}", *overrides)
-    return prepare(cfg, run_dir=tmp_path / "run")
+    return build_run(cfg)
 
 
 def test_blindspot_forget_term_vanishes_when_the_proxy_is_the_model(tmp_path, proxy_dir):
@@ -140,9 +140,9 @@ def test_blindspot_attention_transfer_adds_a_positive_term(tmp_path, proxy_dir):
 def test_so_is_one_adam_step_on_lr_plus_lambda_lf(tmp_path):
     """EraseDiff with inner_steps 0 = Adam on ∇(L_r + λL_f); = EraseDiff with a separate inner optimiser."""
     lam, common = 0.3, ("train.grad_clip=null", "method.shared_timesteps=true")
-    so = prepare(tiny_config("so", f"method.lambda_value={lam}", *common), run_dir=tmp_path / "so")
-    sep = prepare(tiny_config("so", f"method.lambda_value={lam}", "method.inner_steps=2", "method.inner_optimizer=separate",
-                              "method.inner_lr=0.01", *common), run_dir=tmp_path / "sep")
+    so = build_run(tiny_config("so", f"method.lambda_value={lam}", *common))
+    sep = build_run(tiny_config("so", f"method.lambda_value={lam}", "method.inner_steps=2", "method.inner_optimizer=separate",
+                              "method.inner_lr=0.01", *common))
     forget, remain = next(so.data.forget), next(so.data.remain)
     s, bb = so.state, so.state.backbone
     theta0 = [p.detach().clone() for p in s.params]

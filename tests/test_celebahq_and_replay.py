@@ -8,7 +8,7 @@ from PIL import Image
 from erasediff.config import load_config
 from erasediff.data import load_dataset
 from erasediff.errors import ConfigError, DataError
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 
 ATTRS = ["Bald", "Eyeglasses", "Smiling"]
 # file name -> values of ATTRS in {-1, 1}; two of five images wear eyeglasses
@@ -76,7 +76,7 @@ def test_uncond_erasediff_forgets_an_attribute_end_to_end(tmp_path):
         "data.image_size=8", f"data.root={img_dir}", "data.num_workers=0", "data.batch_size=2",
         "method.block_size=2", "method.inner_steps=1", "train.steps=2", "sample.steps=2", "sample.grid_per_class=1",
     ])
-    run = prepare(cfg, run_dir=tmp_path / "run")
+    run = build_run(cfg)
     forget_batch, remain_batch = next(run.data.forget), next(run.data.remain)
     assert forget_batch[1].tolist() == [1, 1] and set(remain_batch[1].tolist()) == {0}
     before = [p.detach().clone() for p in run.state.params]
@@ -88,7 +88,7 @@ def test_uncond_erasediff_forgets_an_attribute_end_to_end(tmp_path):
 # --------------------------------------------------------------------------- generative replay as D_r
 def test_generated_remain_replaces_real_remaining_data(tmp_path):
     cfg = tiny_config("erasediff_gr", "data.remain_generated=10", "data.batch_size=6", "sample.steps=2")
-    run = prepare(cfg, run_dir=tmp_path / "a", progress=False)
+    run = build_run(cfg, progress=False)
     images, labels = run.data.remain.dataset.tensors
     # 10 rounded up to a multiple of the 9 remaining digits: 2 per class, never the forgotten 0
     assert torch.bincount(labels, minlength=10).tolist() == [0] + [2] * 9
@@ -98,8 +98,8 @@ def test_generated_remain_replaces_real_remaining_data(tmp_path):
     batch_x, batch_y = next(run.data.remain)
     rows = [next(i for i in range(len(images)) if torch.equal(images[i], x)) for x in batch_x]
     assert torch.equal(labels[rows], batch_y)  # batches are drawn from the generated set
-    # a function of the config alone: a second prepare (as --resume does) regenerates the same set
-    again = prepare(cfg, run_dir=tmp_path / "b", progress=False).data.remain.dataset.tensors
+    # a function of the config alone: a second build (as --resume does) regenerates the same set
+    again = build_run(cfg, progress=False).data.remain.dataset.tensors
     assert torch.equal(again[0], images) and torch.equal(again[1], labels)
 
 
@@ -107,5 +107,5 @@ def test_generated_remain_needs_a_conditional_model(tmp_path):
     cfg = tiny_config("erasediff_gr", "model.backbone=uncond", "model.arch.attention_head_dim=8", "sample.steps=2",
                       "sample.guidance=0")
     with pytest.raises(ConfigError, match="remain_source 'generated' .* needs a conditional model"):
-        prepare(cfg, run_dir=tmp_path / "run", progress=False)
+        build_run(cfg, progress=False)
     assert not (tmp_path / "run").exists()

@@ -12,7 +12,7 @@ from helpers import REPO, SMOKE, TINY, tiny_config
 from safetensors.torch import load_file
 
 from erasediff.cli import main
-from erasediff.loop import prepare
+from erasediff.loop import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -84,11 +84,12 @@ def test_unlearn_evaluate_and_sample_from_a_run(base_run, tmp_path):
 
 def test_existing_run_is_never_overwritten(base_run):
     out, _ = base_run
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # the lock file names its last holder (a refused process too); everything else stays untouched
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
     r = cli("train", "--config", str(SMOKE / "pretrain.yaml"), *sets(*TINY), "--output-dir", str(out))
     assert r.returncode == 2
-    assert "already exists" in r.stderr and "--resume" in r.stderr
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert "holds a finished run" in r.stderr and "--resume" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == before
 
 
 BAD_INPUT = [
@@ -149,12 +150,9 @@ def test_resume_equals_uninterrupted(tmp_path, base_run, name):
     # block_size 3 puts an inner loop right after the interruption point at step 3
     if name == "erasediff":
         extra += ("method.block_size=3",)
-    full = prepare(tiny_config(name, "train.steps=6", *extra), run_dir=tmp_path / "full")
-    full.execute(progress=False)
-    part = prepare(tiny_config(name, "train.steps=3", *extra), run_dir=tmp_path / "part")
-    part.execute(progress=False)
-    resumed = prepare(tiny_config(name, "train.steps=6", *extra), run_dir=tmp_path / "part", resume=True)
-    resumed.execute(progress=False)
+    train(tiny_config(name, "train.steps=6", *extra), tmp_path / "full", progress=False)
+    train(tiny_config(name, "train.steps=3", *extra), tmp_path / "part", progress=False)
+    train(tiny_config(name, "train.steps=6", *extra), tmp_path / "part", resume=True, progress=False)
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -166,12 +164,11 @@ def test_resume_equals_uninterrupted(tmp_path, base_run, name):
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    run = prepare(tiny_config("pretrain", "train.steps=1"), run_dir=tmp_path / "r")
-    run.execute(progress=False)
+    train(tiny_config("pretrain", "train.steps=1"), tmp_path / "r", progress=False)
     from erasediff.errors import ConfigError
 
     with pytest.raises(ConfigError, match="differs"):
-        prepare(tiny_config("pretrain", "train.steps=2", "train.lr=1e-2"), run_dir=tmp_path / "r", resume=True)
+        train(tiny_config("pretrain", "train.steps=2", "train.lr=1e-2"), tmp_path / "r", resume=True)
 
 
 def test_demo_smoke_and_reuse(tmp_path):

@@ -227,7 +227,7 @@ def test_converted_checkpoint_reproduces_sa_outputs(tmp_path):
     save_sa_checkpoint(tmp_path / "ckpt.pth", sa, ema)
     info = convert_sa_checkpoint(tmp_path / "ckpt.pth", tmp_path / "run", arch=SMALL_ARCH)
 
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["conversion.json", "model", "model_ema"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["COMPLETE", "conversion.json", "model", "model_ema"]
     assert json.loads((tmp_path / "run" / "conversion.json").read_text()) == info
     assert info["step"] == 4321 and info["parts"]["model_ema"]
     assert info["source"] == str((tmp_path / "ckpt.pth").resolve())

@@ -9,7 +9,7 @@ from helpers import tiny_config
 from erasediff.backbones.class_cond import ClassConditionalBackbone
 from erasediff.config import ArchConfig, DiffusionConfig
 from erasediff.losses import random_label_target_loss, uniform_target_loss
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 from erasediff.methods.erasediff import lambda_cosine, lambda_paper
 
 
@@ -101,9 +101,9 @@ def test_random_label_target_is_another_class_and_detached():
 
 def test_lambda_zero_outer_step_equals_finetune_step():
     common = ("train.steps=1", "train.ema_decay=null")
-    e = prepare(tiny_config("erasediff", *common, "method.lambda_value=0.0", "method.inner_optimizer=separate",
+    e = build_run(tiny_config("erasediff", *common, "method.lambda_value=0.0", "method.inner_optimizer=separate",
                             "method.remain_cond_drop=0.1"))
-    f = prepare(tiny_config("erasediff", *common, "method.name=finetune", "method.cond_drop=0.1",
+    f = build_run(tiny_config("erasediff", *common, "method.name=finetune", "method.cond_drop=0.1",
                             "data.forget_classes=[0]"))
     before = params_of(e)
     assert all(torch.equal(a, b) for a, b in zip(before, params_of(f)))  # same init
@@ -116,7 +116,7 @@ def test_lambda_zero_outer_step_equals_finetune_step():
 
 @pytest.mark.parametrize("inner_optimizer", ["shared", "separate"])
 def test_inner_loop_restores_theta_exactly(inner_optimizer):
-    run = prepare(tiny_config("erasediff", f"method.inner_optimizer={inner_optimizer}", "method.inner_steps=3",
+    run = build_run(tiny_config("erasediff", f"method.inner_optimizer={inner_optimizer}", "method.inner_steps=3",
                               "train.lr=1e-2"))
     m, s = run.method, run.state
     before = params_of(run)
@@ -142,7 +142,7 @@ def test_inner_loop_restores_theta_exactly(inner_optimizer):
 @pytest.mark.parametrize("mode", ["paper", "cosine"])
 def test_automatic_lambda_runs_with_unused_parameters(mode):
     # remain_cond_drop = 0: the null-class row is not in L_r's graph (the official code crashes here)
-    run = prepare(tiny_config("erasediff", f"method.lambda_mode={mode}", "method.eta=0.5", "method.remain_cond_drop=0.0"))
+    run = build_run(tiny_config("erasediff", f"method.lambda_mode={mode}", "method.eta=0.5", "method.remain_cond_drop=0.0"))
     before = params_of(run)
     logs = run.method.update(run.state, next(run.data.forget), next(run.data.remain))
     assert set(logs) >= {"loss_r", "loss_f", "q", "lambda", "phi"}
@@ -151,7 +151,7 @@ def test_automatic_lambda_runs_with_unused_parameters(mode):
 
 
 def test_block_size_controls_inner_loop_frequency():
-    run = prepare(tiny_config("erasediff", "method.block_size=2"))
+    run = build_run(tiny_config("erasediff", "method.block_size=2"))
     calls = []
     inner = run.method._inner_loop
     run.method._inner_loop = lambda s: (calls.append(s.step), inner(s))
@@ -164,10 +164,10 @@ def test_block_size_controls_inner_loop_frequency():
 def test_unconditional_backbone_runs_uniform_target_and_refuses_random_label(tmp_path):
     from erasediff.errors import ConfigError
 
-    run = prepare(tiny_config("erasediff", "model.backbone=uncond", "method.block_size=1"))
+    run = build_run(tiny_config("erasediff", "model.backbone=uncond", "method.block_size=1"))
     assert type(run.state.model).__name__ == "UNet2DModel"
     before = params_of(run)
     logs = run.method.update(run.state, next(run.data.forget), next(run.data.remain))
     assert math.isfinite(logs["loss_f"]) and any(not torch.equal(a, b) for a, b in zip(before, params_of(run)))
     with pytest.raises(ConfigError, match="valid targets here: uniform"):
-        prepare(tiny_config("erasediff", "model.backbone=uncond", "method.target=random_label"))
+        build_run(tiny_config("erasediff", "model.backbone=uncond", "method.target=random_label"))

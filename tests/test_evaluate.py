@@ -11,7 +11,7 @@ from erasediff.classifier_training import train_eval_classifier
 from erasediff.cli import main
 from erasediff.errors import ConfigError
 from erasediff.evaluate import evaluate
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 
 ALL = "evaluate.metrics=[classifier, per_class_fd, fid, per_class_fid, precision_recall, inception_score, weight_distance]"
 COMMON = ["evaluate.n_per_class=12", "sample.steps=2", "evaluate.fid_features=classifier"]
@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     models = []
     for seed in (0, 1):
-        run = prepare(tiny_config("pretrain", f"seed={seed}"), run_dir=root / f"unused{seed}")
+        run = build_run(tiny_config("pretrain", f"seed={seed}"))
         run.state.model.save_pretrained(root / f"model{seed}")
         models.append(root / f"model{seed}")
     train_eval_classifier(tiny_config("erasediff"), root / "clf", progress=False)
@@ -78,6 +78,7 @@ def test_cli_evaluates_several_models_in_one_call(setup, tmp_path, capsys):
         runs.append(tmp_path / f"run{k}")
         runs[-1].mkdir()
         (runs[-1] / "model").symlink_to(m)
+        (runs[-1] / "COMPLETE").write_text("{}")  # a finished run (see erasediff.rundir)
     args = ["evaluate", "--config", str(SMOKE / "erasediff.yaml"), "--classifier", str(root / "clf"), "--no-progress",
             "--model", *map(str, runs)]
     for item in (*TINY, *COMMON):

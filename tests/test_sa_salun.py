@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from erasediff.backbones.class_cond import ClassConditionalBackbone
 from erasediff.config import config_from_text
 from erasediff.errors import ErasediffError
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 from erasediff.methods import salun as salun_module
 from erasediff.methods.salun import compute_saliency_mask, top_fraction_mask
 from erasediff.methods.selective_amnesia import compute_fisher, fisher_diagonal, fisher_timestep_grid
@@ -27,17 +27,17 @@ def files(tmp_path_factory):
 
 
 def sa_run(files, tmp_path, *overrides):
-    return prepare(tiny_config("selective_amnesia", f"method.fisher={files / 'fisher.safetensors'}",
+    return build_run(tiny_config("selective_amnesia", f"method.fisher={files / 'fisher.safetensors'}",
                                f"output_root={tmp_path}", *overrides))
 
 
 def salun_run(files, tmp_path, *overrides):
-    return prepare(tiny_config("salun", f"method.mask={files / 'mask.safetensors'}", f"output_root={tmp_path}", *overrides))
+    return build_run(tiny_config("salun", f"method.mask={files / 'mask.safetensors'}", f"output_root={tmp_path}", *overrides))
 
 
 # ------------------------------------------------------------------------------------------- Fisher
 def test_fisher_matches_brute_force_per_sample_loop(monkeypatch):
-    run = prepare(tiny_config("pretrain", "diffusion.num_train_timesteps=6"), run_dir="/nonexistent/unused")
+    run = build_run(tiny_config("pretrain", "diffusion.num_train_timesteps=6"))
     bb, model, params = run.state.backbone, run.state.model, run.state.params
     model.eval()
     images = torch.stack([run.dataset.dataset[i][0] for i in (0, 1)])  # 2 real digits (2, 1, 16, 16)
@@ -73,7 +73,7 @@ def test_fisher_matches_brute_force_per_sample_loop(monkeypatch):
 
 def test_compute_fisher_file_is_keyed_by_trainable_params_and_never_overwritten(files):
     path = files / "fisher.safetensors"
-    run = sa_run(files, path.parent / "unused")  # prepare accepts it
+    run = sa_run(files, path.parent / "unused")  # build_run accepts it
     fisher = load_file(str(path))
     assert set(fisher) == set(run.state.param_names)
     assert all(fisher[n].shape == p.shape for n, p in zip(run.state.param_names, run.state.params))
@@ -148,7 +148,7 @@ def test_saliency_mask_fraction_keys_and_guided_forward(tmp_path, monkeypatch):
     info = compute_saliency_mask(tiny_config("salun", "method.mask_fraction=0.3"), out, progress=False)
     assert calls == [(2.0, "sa", True)]  # one batch, CFG w = 2 (SA convention), with gradients
     mask = load_file(str(out))
-    run = prepare(tiny_config("salun", f"method.mask={out}"), run_dir=tmp_path / "unused")
+    run = build_run(tiny_config("salun", f"method.mask={out}"))
     assert set(mask) == set(run.state.param_names)
     n = sum(k.numel() for k in mask.values())
     assert info["ones"] == sum(int(k.sum()) for k in mask.values()) == int(n * 0.3)
@@ -163,13 +163,13 @@ def test_salun_step_moves_only_masked_in_weights(files, tmp_path, monkeypatch, f
     m, s = run.method, run.state
     before = [p.detach().clone() for p in s.params]
     clip_saw_unmasked = []
-    real_clip = torch.nn.utils.clip_grad_norm_
+    real_clip = torch.nn.utils.clip_grads_with_norm_
 
-    def spy(params, max_norm):
+    def spy(params, max_norm, total_norm):
         clip_saw_unmasked.append(any(bool((p.grad[k == 0] != 0).any()) for p, k in zip(s.params, m.mask)))
-        return real_clip(params, max_norm)
+        return real_clip(params, max_norm, total_norm)
 
-    monkeypatch.setattr(salun_module.torch.nn.utils, "clip_grad_norm_", spy)
+    monkeypatch.setattr(salun_module.torch.nn.utils, "clip_grads_with_norm_", spy)
     logs = m.update(s, next(run.data.forget), next(run.data.remain))
     assert clip_saw_unmasked == [True]  # the mask is applied after clipping
     assert (logs["loss_f"] < 0) == (forget_loss == "neggrad")
@@ -186,7 +186,7 @@ def test_missing_or_mismatched_file_fails_before_writing(files, tmp_path, method
     out = tmp_path / "results"
 
     def attempt(value):
-        prepare(tiny_config(method, f"method.{key}={value}", f"output_root={out}"))
+        build_run(tiny_config(method, f"method.{key}={value}", f"output_root={out}"))
 
     with pytest.raises(ErasediffError, match=f"method.{key}.*not set"):
         attempt("null")

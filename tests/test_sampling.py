@@ -10,7 +10,7 @@ import torch
 from helpers import REPO, SMOKE, TINY, tiny_config
 
 from erasediff.errors import ErasediffError
-from erasediff.loop import prepare
+from erasediff.loop import build_run
 from erasediff.samplers import class_noise, sample_classes
 from erasediff.sampling import read_samples, sample_to_folder
 
@@ -20,7 +20,7 @@ STOCHASTIC = ["sample.steps=3", "sample.eta=1.0", "sample.batch_size=2"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    run = prepare(tiny_config("pretrain"), run_dir=tmp_path_factory.mktemp("unused"))
+    run = build_run(tiny_config("pretrain"))
     path = tmp_path_factory.mktemp("model")
     run.state.model.save_pretrained(path)
     return path
@@ -36,8 +36,7 @@ def test_folder_holds_the_in_memory_samples_up_to_uint8_rounding(model_dir, tmp_
     info = sample_to_folder(cfg, str(model_dir), tmp_path / "s", {0: 3, 5: 2}, progress=False)
     assert info == {"root": str(tmp_path / "s"), "sampled": 5, "skipped": 0, "images": 5}
     images, labels = read_samples(tmp_path / "s", {0: 3, 5: 2}, channels=1)
-    run = prepare(tiny_config("pretrain", f"model.pretrained={model_dir}", "train.ema_decay=null", *STOCHASTIC),
-                  run_dir=tmp_path / "unused")
+    run = build_run(tiny_config("pretrain", f"model.pretrained={model_dir}", "train.ema_decay=null", *STOCHASTIC))
     mem0, _ = sample_classes(run.state.backbone, run.state.model, [0], 3, (1, 16, 16), cfg.sample, progress=False)
     mem5, _ = sample_classes(run.state.backbone, run.state.model, [5], 2, (1, 16, 16), cfg.sample, progress=False)
     assert labels.tolist() == [0, 0, 0, 5, 5]

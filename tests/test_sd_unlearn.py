@@ -22,11 +22,13 @@ def sd_config(name: str, pipeline: Path, data: Path, *overrides: str):
 
 def unlearn(cfg, run_dir: Path):
     """Run `cfg` for its 2 steps; return (run, names of the UNet parameters that changed)."""
-    from erasediff.loop import prepare
+    from erasediff.loop import build_run
+    from erasediff.rundir import claim_run_dir
 
-    run = prepare(cfg, run_dir=run_dir, require_pretrained=True, progress=False)
+    run = build_run(cfg, progress=False)
     before = {n: p.detach().clone() for n, p in run.state.model.named_parameters()}
-    run.execute(progress=False)
+    with claim_run_dir(run_dir, resume=False) as claim:
+        run.execute(claim, progress=False)
     changed = {n for n, p in run.state.model.named_parameters() if not torch.equal(p, before[n])}
     return run, changed
 

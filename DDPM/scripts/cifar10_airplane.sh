@@ -29,7 +29,7 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
-  $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE"
+  $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE" $(resume_of "$BASE")
 train_all cfg "$OUT" retrain blindspot_proxy
 fisher_and_mask cfg "$BASE" "$OUT"
 unlearn_all cfg "$BASE" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun

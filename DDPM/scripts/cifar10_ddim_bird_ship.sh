@@ -25,7 +25,7 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
-  $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE"
+  $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE" $(resume_of "$BASE")
 train_all cfg "$OUT" retrain blindspot_proxy
 unlearn_all cfg "$BASE" "$OUT" erasediff finetune neggrad blindspot
 # the judge, then every model on the same noise in one process (WD to Retrain), then the table

@@ -4,7 +4,7 @@
 # sampling noise (p_f, entropy_f, acc_remain, fd_remain).
 # Expected run time: ~35 min on 2 CPU cores (no GPU needed); GPU memory: < 1 GB if run on a GPU.
 # SMOKE=1 runs the same pipeline on tiny configs in about a minute (the tests do this).
-# Finished stages are reused on a second run (their metrics.json exists).
+# Finished stages are reused on a second run (their run directory is COMPLETE); interrupted ones resume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . DDPM/scripts/lib.bash
@@ -13,7 +13,7 @@ OUT=${OUT:-results/digits_forget0}
 if [ "${SMOKE:-0}" = 1 ]; then CFG=DDPM/configs/digits/smoke; OUT=${OUT}_smoke; fi
 
 # 1. Unscrubbed model, evaluation judge
-done_or "$OUT/base" || $PY -m erasediff train --config $CFG/pretrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/base"
+done_or "$OUT/base" || $PY -m erasediff train --config $CFG/pretrain.yaml "${SETS[@]}" --seed $SEED --output-dir "$OUT/base" $(resume_of "$OUT/base")
 done_or "$OUT/classifier/classifier.json" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$OUT/classifier"
 # 2. Retrain (from scratch on D_r) and the BlindSpot proxy (from scratch on D_r, shorter)
 cfg() { echo "$CFG/$1.yaml"; }

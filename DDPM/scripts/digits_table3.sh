@@ -16,7 +16,7 @@ if [ "${SMOKE:-0}" = 1 ]; then CFG=DDPM/configs/digits_2_8/smoke; PRE=DDPM/confi
 BASE=${BASE:-$OUT/base}; CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 
 # 1. Unscrubbed model and the judge (all ten digits)
-done_or "$BASE" || $PY -m erasediff train --config $PRE "${SETS[@]}" --seed $SEED --output-dir "$BASE"
+done_or "$BASE" || $PY -m erasediff train --config $PRE "${SETS[@]}" --seed $SEED --output-dir "$BASE" $(resume_of "$BASE")
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config $CFG/erasediff.yaml --output-dir "$CLASSIFIER"
 # 2. From scratch on D_r: Retrain and the BlindSpot proxy
 cfg() { echo "$CFG/$1.yaml"; }

@@ -5,15 +5,17 @@ PY=${PYTHON:-python}
 SEED=${SEED:-0}
 IFS=';' read -ra EXTRA <<< "${EXTRA_SET:-}"
 SETS=(); for s in "${EXTRA[@]}"; do SETS+=(--set "$s"); done
-# a stage is finished when its run wrote metrics.json (or its output file exists): reuse it
-done_or() { [ -f "$1/metrics.json" ] || [ -f "$1" ]; }
+# a stage is finished when its run directory is COMPLETE (or its output file exists): reuse it
+done_or() { [ -f "$1/COMPLETE" ] || [ -f "$1" ]; }
+# a run directory left by an interrupted run is continued, never a dead end: prints --resume for it
+resume_of() { [ -f "$1/config.resolved.yaml" ] && echo --resume; }
 # the Unscrubbed row of a table: OUT/base is BASE itself, or a folder of links to BASE's weights so that
 # its evaluation (OUT/base/eval) belongs to this experiment and not to the run BASE came from
 link_base() {
   local base=$1 dest=$2 f
   [ "$(realpath -m "$base")" = "$(realpath -m "$dest")" ] && return 0
   mkdir -p "$dest"
-  for f in model model_ema metrics.json conversion.json; do
+  for f in model model_ema metrics.json conversion.json COMPLETE; do
     if [ -e "$base/$f" ] && [ ! -e "$dest/$f" ]; then ln -s "$(realpath "$base/$f")" "$dest/$f"; fi
   done
 }
@@ -22,7 +24,8 @@ link_base() {
 train_all() {
   local cfgfn=$1 out=$2 run; shift 2
   for run in "$@"; do
-    done_or "$out/$run" || $PY -m erasediff train --config "$($cfgfn "$run")" "${SETS[@]}" --seed "$SEED" --output-dir "$out/$run"
+    done_or "$out/$run" || $PY -m erasediff train --config "$($cfgfn "$run")" "${SETS[@]}" --seed "$SEED" \
+        --output-dir "$out/$run" $(resume_of "$out/$run")
   done
 }
 # fisher_and_mask CFGFN BASE OUT: SA's Fisher and SalUn's mask of BASE into OUT (configs `$(CFGFN name)`)
@@ -45,7 +48,7 @@ unlearn_all() {
       *) input=() ;;
     esac
     done_or "$out/$m" || $PY -m erasediff unlearn --config "$($cfgfn "$m")" "${SETS[@]}" "${input[@]}" --seed "$SEED" \
-        --set model.pretrained="$base" --output-dir "$out/$m"
+        --set model.pretrained="$base" --output-dir "$out/$m" $(resume_of "$out/$m")
   done
 }
 # evaluate_all CONFIG CLASSIFIER REFERENCE OUT RUN...: every OUT/RUN without eval/metrics.json, in one process on the

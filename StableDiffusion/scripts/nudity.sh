@@ -11,7 +11,7 @@
 # SMOKE=1 runs everything on a tiny random pipeline on CPU in a few minutes (the tests do this; each
 # command pays ~10 s of diffusers/transformers import on 2 cores).
 # Env: SD_PIPELINE (default CompVis/stable-diffusion-v1-4), OUT, I2P_CSV, PYTHON, SEED, EXTRA_SET.
-# Finished stages (their manifest.csv / metrics.json / output exists) are reused on a second run; an
+# Finished stages (their manifest.csv / COMPLETE run directory / output exists) are reused on a second run; an
 # interrupted image generation resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,7 +39,7 @@ done_or "$OUT/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config
 for m in erasediff_u esd_u salun; do
   INPUT=(); [ $m = salun ] && INPUT=(--set method.mask="$OUT/salun_mask.safetensors")
   done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${DATA[@]}" "${INPUT[@]}" \
-      --seed $SEED --output-dir "$OUT/$m"
+      --seed $SEED --output-dir "$OUT/$m" $(resume_of "$OUT/$m")
 done
 # 4. Evaluation images on the same seeds (LMS, 50 steps, guidance 7.5)
 for m in sd14 erasediff_u esd_u salun; do

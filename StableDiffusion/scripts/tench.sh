@@ -11,7 +11,7 @@
 # Expected run time (estimate, not measured here): ~2 h on one H100 (3K images at 50 LMS steps; ESD-x
 # 1000 steps; EraseDiff-x 60 outer steps), +~40 min for the stand-in data, +~10 min for the evaluation.
 # GPU memory (estimate, not measured here): ≈20 GB (cross-attention only trains; batch 16, fp32).
-# Finished stages (their manifest.csv / metrics.json / table JSON exists) are reused on a second run; an
+# Finished stages (their manifest.csv / COMPLETE run directory / table JSON exists) are reused on a second run; an
 # interrupted image generation resumes where it stopped.
 # SMOKE=1 runs everything on a tiny random pipeline on CPU in a few minutes (the tests do this; each
 # command pays ~10 s of diffusers/transformers import on 2 cores). Its evaluation passes --offline-smoke:
@@ -45,7 +45,7 @@ fi
 DATA=(--set model.pretrained="$PIPE" --set data.root="$TRAIN")
 # 2. Unlearning from SD v1.4
 for m in erasediff_x esd_x; do
-  done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${DATA[@]}" --seed $SEED --output-dir "$OUT/$m"
+  done_or "$OUT/$m" || $PY -m erasediff unlearn --config $CFG/$m.yaml "${SETS[@]}" "${DATA[@]}" --seed $SEED --output-dir "$OUT/$m" $(resume_of "$OUT/$m")
 done
 # 3. Evaluation images: "Image of {class}", official seeds, LMS 50 steps, guidance 7.5
 for m in sd14 erasediff_x esd_x; do

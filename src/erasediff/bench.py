@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ def _bench_one(config: str, overrides: list[str], warmup: int, steps: int) -> di
     """Run in a fresh process: prepare `config` and time `steps` outer steps after `warmup` ones."""
     import torch
 
-    from .loop import peak_memory_mib, prepare
+    from .loop import build_run, peak_memory_mib
 
     cfg = load_config(config, overrides)
-    with tempfile.TemporaryDirectory() as tmp:  # prepare writes nothing; the path only has to be fresh
-        run = prepare(cfg, run_dir=Path(tmp) / "bench", progress=False)
+    run = build_run(cfg, progress=False)
     s, device = run.state, run.state.backbone.device
     s.model.train()
     for _ in range(warmup):

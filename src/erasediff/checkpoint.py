@@ -3,8 +3,13 @@
 `checkpoints/step_XXXXXXX.safetensors` holds every tensor needed to resume — model weights
 (`model.*`), EMA shadow (`ema.*`), optimiser state (`optimizer.*`), RNG states (`rng.*`) and method
 state (`method.*`) — and its metadata holds the step, the non-tensor parts of those states (JSON)
-and the resolved config (YAML). Nothing is pickled. Saves are atomic (write, then rename) and only
-the newest checkpoint is kept.
+and the resolved config (YAML). Nothing is pickled.
+
+Trust (docs/reliability.md): a save writes a temporary file, fsyncs it, reads it back and checks it,
+and only then renames it into place; the previous checkpoints stay until then (the newest
+`train.keep_checkpoints` are kept). The metadata holds a SHA-256 of every tensor's bytes, checked on
+every load: a truncated or overwritten file raises `CorruptCheckpoint` naming it, and a resume falls
+back to the previous checkpoint.
 
 `model/` and `model_ema/` are `save_pretrained` directories (raw and EMA weights) that stock diffusers
 and `model.pretrained` load; each carries `erasediff_config.yaml`, the run's resolved config.
@@ -12,18 +17,36 @@ and `model.pretrained` load; each carries `erasediff_config.yaml`, the run's res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import ErasediffError
+from .errors import ErasediffError, first_line
+from .files import fix_mode, fsync_dir
+from .rundir import COMPLETE, checkpoints_newest_first
 
 FORMAT = "erasediff-checkpoint-v1"
+
+
+class CorruptCheckpoint(ErasediffError):
+    """A checkpoint file that cannot be read back exactly (truncated, overwritten, not a checkpoint)."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and raw bytes of `tensors` in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def flatten(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -49,55 +72,102 @@ def unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def save_checkpoint(path: Path, *, step: int, config_yaml: str, states: dict[str, Any]) -> None:
-    """Write `states` (name -> nested state with tensors) atomically to `path`."""
+def save_checkpoint(path: Path, *, step: int, config_yaml: str, states: dict[str, Any],
+                    extra: dict[str, str] | None = None) -> None:
+    """Write `states` (name -> nested state with tensors) to `path`: temporary file, fsync, verify, rename.
+
+    extra: more metadata strings (the loop's bookkeeping: timing, skipped steps).
+    """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {name: flatten(state, name, tensors) for name, state in states.items()}
-    meta = {"format": FORMAT, "step": str(step), "config": config_yaml, "state": json.dumps(skeleton)}
+    meta = {"format": FORMAT, "step": str(step), "config": config_yaml, "state": json.dumps(skeleton),
+            "sha256": tensor_digest(tensors), **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    fix_mode(tmp)
+    read_checkpoint(tmp)  # raises CorruptCheckpoint: the file on disk is checked before it replaces anything
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a checkpoint whose tensor data matches its checksum; CorruptCheckpoint otherwise."""
+    if not path.is_file():
+        raise ErasediffError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CorruptCheckpoint(f"{path} is not an erasediff checkpoint (expected metadata format '{FORMAT}')")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = first_line(exc)
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable (truncated or damaged: {reason})") from None
+    if "sha256" in meta and tensor_digest(tensors) != meta["sha256"]:
+        raise CorruptCheckpoint(f"checkpoint {path} is corrupt: its tensor data does not match the stored checksum")
+    return meta, tensors
 
 
 def load_checkpoint(path: Path) -> tuple[int, str, dict[str, Any]]:
-    """Read a checkpoint: (step, resolved config YAML, states)."""
-    if not path.is_file():
-        raise ErasediffError(f"checkpoint not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ErasediffError(f"{path} is not an erasediff checkpoint (expected metadata format '{FORMAT}')")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """Read and verify a checkpoint: (step, resolved config YAML, states)."""
+    meta, tensors = read_checkpoint(path)
     skeleton = json.loads(meta["state"])
     return int(meta["step"]), meta["config"], {name: unflatten(v, tensors) for name, v in skeleton.items()}
 
 
+def checkpoint_meta(path: Path) -> dict[str, str]:
+    """The metadata of a checkpoint (its header only: quick, no checksum)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable (truncated or damaged: {first_line(exc)})") from None
+    if meta.get("format") != FORMAT:
+        raise CorruptCheckpoint(f"{path} is not an erasediff checkpoint (expected metadata format '{FORMAT}')")
+    return meta
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
-    return found[-1] if found else None
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
 
 
-def prune_checkpoints(run_dir: Path, keep: Path) -> None:
-    for p in (run_dir / "checkpoints").glob("step_*.safetensors"):
-        if p != keep:
-            p.unlink()
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints."""
+    for p in checkpoints_newest_first(run_dir)[keep:]:
+        p.unlink()
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """ErasediffError if any parameter or buffer of `model` holds NaN or infinity."""
+    bad = [n for n, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ErasediffError(f"{what} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): it comes from a "
+                             "diverged run; refusing to use it")
 
 
 def resolve_pretrained(spec: str) -> tuple[str, str | None]:
     """Where the raw and EMA weights of `model.pretrained` live: (raw, ema or None).
 
-    Accepted: a run directory of this project (model/ + model_ema/), a diffusers model directory
+    Accepted: a complete run directory of this project (model/ + model_ema/, COMPLETE), a diffusers model directory
     (config.json), a pipeline directory (unet/), or a Hugging Face Hub id (downloaded by diffusers on a
     user's machine). A path that does not exist and does not look like a Hub id is an error.
     """
     p = Path(spec)
     if p.is_dir():
-        if (p / "model" / "config.json").is_file():
+        if (p / "model").is_dir() or (p / "checkpoints").is_dir():
+            if not (p / COMPLETE).is_file():
+                raise ErasediffError(
+                    f"run directory {spec} is not complete (no {COMPLETE} marker: the run was stopped before it "
+                    "finished writing its models); finish it with --resume, then use it")
             ema = p / "model_ema"
             return str(p / "model"), str(ema) if (ema / "config.json").is_file() else None
         if (p / "config.json").is_file():

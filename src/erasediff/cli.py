@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from .config import dump_config, load_config
-from .errors import ErasediffError
+from .errors import ErasediffError, Interrupted
+from .files import atomic_write_text, json_text, write_json
+from .rundir import FolderClaim
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -35,21 +37,20 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _fresh_dir(path: Path) -> Path:
-    if path.exists() and any(path.iterdir()):
-        raise ErasediffError(f"output directory {path} already exists and is not empty (results are never overwritten)")
-    return path
-
-
 def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
     cfg = _load(args)
-    from .loop import prepare
+    from .loop import train
 
-    run = prepare(cfg, run_dir=args.output_dir, resume=args.resume, require_pretrained=unlearn, training_only=not unlearn)
-    summary = run.execute(progress=not args.no_progress)
-    print(json.dumps({k: summary[k] for k in ("method", "steps", "wall_time_s", "sec_per_step", "final_logs")}))
-    print(f"wrote {run.run_dir}: config.resolved.yaml, log.jsonl, metrics.json, model/, "
-          f"{'model_ema/, ' if summary['ema_model_dir'] else ''}checkpoints/, samples/")
+    run_dir = Path(args.output_dir) if args.output_dir is not None else cfg.run_dir()
+    summary = train(cfg, run_dir, resume=args.resume, require_pretrained=unlearn, training_only=not unlearn,
+                    progress=not args.no_progress)
+    print(json_text({k: summary[k] for k in ("method", "steps", "wall_time_s", "sec_per_step", "final_logs")}))
+    if summary.get("already_complete"):
+        print(f"{run_dir} is already complete ({summary['steps']} steps): nothing to do (raise train.steps to "
+              "continue it)")
+        return
+    print(f"wrote {run_dir}: config.resolved.yaml, log.jsonl, metrics.json, model/, "
+          f"{'model_ema/, ' if summary['ema_model_dir'] else ''}checkpoints/, samples/, COMPLETE")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -72,7 +73,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(json.dumps(info))
         return
     if not (out / "config.resolved.yaml").is_file():
-        (out / "config.resolved.yaml").write_text(dump_config(cfg))
+        atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
     per_row = min(8, args.n_per_class)
     images, labels = read_samples(out, {c: per_row for c in classes}, cfg.model.arch.in_channels)
     save_rows_png(out / "grid.png", [class_rows(images, labels, per_row)], per_row)
@@ -95,12 +96,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     headline = ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain", "fid", "precision", "recall", "is_mean", "l2",
                 "relative_l2")
     for model, out in zip(args.model, outs):
-        metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier, progress=not args.no_progress,
-                                           samples_dir=out / "samples", reference=args.reference)
-        (out / "config.resolved.yaml").write_text(dump_config(cfg))
-        save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)], cfg.sample.grid_per_class)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print(json.dumps({"model": model, **{k: metrics[k] for k in headline if k in metrics}}))
+        with FolderClaim(out, "evaluation folder"):  # one evaluation per folder at a time
+            if (out / "metrics.json").exists():
+                raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
+                                     "choose another --output-dir")
+            metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier, progress=not args.no_progress,
+                                               samples_dir=out / "samples", reference=args.reference)
+            atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
+            save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)],
+                          cfg.sample.grid_per_class)
+            write_json(out / "metrics.json", metrics)
+        print(json_text({"model": model, **{k: metrics[k] for k in headline if k in metrics}}))
         print(f"wrote {out}: metrics.json, grid.png, samples/, config.resolved.yaml")
 
 
@@ -108,9 +114,13 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from .classifier_training import train_eval_classifier
 
-    out = _fresh_dir(Path(args.output_dir))
-    info = train_eval_classifier(cfg, out, progress=not args.no_progress)
-    print(json.dumps(info))
+    out = Path(args.output_dir)
+    with FolderClaim(out, "output directory") as claim:
+        if not claim.is_empty():
+            raise ErasediffError(f"output directory {out} already exists and is not empty (results are never "
+                                 "overwritten)")
+        info = train_eval_classifier(cfg, out, progress=not args.no_progress)
+    print(json_text(info))
     print(f"wrote {out}")
 
 
@@ -429,13 +439,27 @@ def _default_demo_configs() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}; resume with: {_resume_command(argv)}", file=sys.stderr)
+        return exc.exit_code
     except ErasediffError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: stopped at once; a run continues from its last checkpoint with --resume, a sample "
+              "folder or evaluation by running the same command again", file=sys.stderr)
+        return 130
     return 0
+
+
+def _resume_command(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["python", "-m", "erasediff", *argv, *([] if "--resume" in argv else ["--resume"])])
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ import torch
 from safetensors.torch import save_file
 
 from .backbones.unets import ClassConditionalUNet, cifar10_sa_config
-from .errors import ErasediffError
+from .errors import ErasediffError, first_line
+from .files import fix_mode, fix_modes, write_json
+from .rundir import COMPLETE
 
 CONVERSION_FORMAT = "erasediff-sa-conversion-v1"
 FISHER_FORMAT = "erasediff-fisher-v1"
@@ -156,7 +158,7 @@ def _build(arch: dict[str, Any], where: Path) -> ClassConditionalUNet:
     try:
         return ClassConditionalUNet(**arch)
     except (TypeError, ValueError) as exc:
-        raise ErasediffError(f"cannot convert {where}: invalid arch: {str(exc).splitlines()[0]}") from None
+        raise ErasediffError(f"cannot convert {where}: invalid arch: {first_line(exc)}") from None
 
 
 def _check_shapes(ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str,
@@ -198,10 +200,12 @@ def convert_sa_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLi
         raise ErasediffError(f"output directory {out} already exists and is not empty (results are never overwritten)")
     if not path.is_file():
         raise ErasediffError(f"checkpoint not found: {path} (expected {CKPT_LAYOUT})")
+    if path.stat().st_size == 0:
+        raise ErasediffError(f"{path} is empty (expected {CKPT_LAYOUT})")
     try:
         states = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ErasediffError(f"cannot read {path} with torch.load(weights_only=True) ({str(exc).splitlines()[0]}); "
+    except (*_READ_ERRORS, OSError) as exc:  # a damaged or foreign file (an empty one gives IndexError)
+        raise ErasediffError(f"cannot read {path} with torch.load(weights_only=True) ({first_line(exc)}); "
                              f"expected {CKPT_LAYOUT}") from None
     if not isinstance(states, (list, tuple)) or len(states) not in (3, 4) or not isinstance(states[0], dict):
         got = f"a {type(states).__name__}" + (f" of length {len(states)}" if isinstance(states, (list, tuple)) else "")
@@ -230,7 +234,10 @@ def convert_sa_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLi
     try:
         for name, model in models.items():
             model.save_pretrained(tmp / name)
-        (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
+            fix_modes(tmp / name)
+        write_json(tmp / "conversion.json", info)
+        write_json(tmp / COMPLETE, {"steps": step, "converted_from": str(path.resolve())})
+        fix_mode(tmp)  # mkdtemp makes it private; the run directory is not
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -288,11 +295,11 @@ def _load_fisher_file(path: Path, trust_pickle: bool) -> Any:
             return _TensorUnpickler(f).load()
     except _READ_ERRORS as exc:
         if not isinstance(exc, _Refused) and not (is_zip and isinstance(exc, pickle.UnpicklingError)):
-            raise ErasediffError(f"cannot read {path}: {str(exc).splitlines()[0]} (expected SA's fisher_dict.pkl, "
+            raise ErasediffError(f"cannot read {path}: {first_line(exc)} (expected SA's fisher_dict.pkl, "
                                  "a pickled dict of parameter name -> tensor)") from None
         if not trust_pickle:
             raise ErasediffError(
-                f"{path} holds Python objects other than tensors ({str(exc).splitlines()[0]}); unpickling it can run "
+                f"{path} holds Python objects other than tensors ({first_line(exc)}); unpickling it can run "
                 "arbitrary code: pass trust_pickle=True (--trust-pickle) only if the file comes from a trusted source"
             ) from None
     warnings.warn(f"unpickling {path} (trust_pickle=True): this runs any code the file contains; "
@@ -303,7 +310,7 @@ def _load_fisher_file(path: Path, trust_pickle: bool) -> Any:
         with path.open("rb") as f:
             return _TrustedUnpickler(f).load()
     except _READ_ERRORS as exc:
-        raise ErasediffError(f"cannot unpickle {path}: {str(exc).splitlines()[0]}") from None
+        raise ErasediffError(f"cannot unpickle {path}: {first_line(exc)}") from None
 
 
 def convert_sa_fisher(pkl_path: str | os.PathLike, out_path: str | os.PathLike, *, trust_pickle: bool = False,
@@ -336,5 +343,6 @@ def convert_sa_fisher(pkl_path: str | os.PathLike, out_path: str | os.PathLike, 
     tmp = out.with_name(f".{out.name}.tmp")
     save_file({k: v.detach().contiguous().clone() for k, v in ours.items()}, str(tmp),
               metadata={"format": FISHER_FORMAT, "source": str(path.resolve())})
+    fix_mode(tmp)
     os.replace(tmp, out)
     return out

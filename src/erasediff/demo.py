@@ -16,28 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from .classifier_training import train_eval_classifier
-from .config import RunConfig, dump_config, load_config
+from .config import RunConfig, load_config
 from .errors import ErasediffError
 from .evaluate import class_rows, evaluate, save_rows_png
-from .loop import prepare, resolve_device
-from .checkpoint import latest_checkpoint
-
-
-def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
-    saved = run_dir / "config.resolved.yaml"
-    if saved.is_file() and saved.read_text() != dump_config(cfg):
-        raise ErasediffError(
-            f"{run_dir} was made with a different config than the current one: delete it or pass another --output-dir"
-        )
+from .loop import resolve_device, train
+from .files import write_json
+from .rundir import CONFIG
 
 
 def _stage_run(cfg: RunConfig, run_dir: Path, progress: bool, **kwargs: Any) -> tuple[dict, bool]:
-    """Run (or resume) one training stage; reuse it when its metrics.json exists. Returns (summary, reused)."""
-    _check_same_config(run_dir, cfg)
-    if (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text()), True
-    run = prepare(cfg, run_dir=run_dir, resume=latest_checkpoint(run_dir) is not None, **kwargs)
-    return run.execute(progress=progress), False
+    """Run, resume or reuse one training stage (a finished run with the same config is reused; another
+    config in that folder is refused). Returns (summary, reused)."""
+    summary = train(cfg, run_dir, resume=(run_dir / CONFIG).is_file(), progress=progress, **kwargs)
+    return summary, bool(summary.get("already_complete"))
 
 
 def real_feature_floor(cfg: RunConfig, classifier_dir: Path) -> float:
@@ -116,7 +107,7 @@ def run_demo(config_dir: Path, out: Path, device: str = "auto", progress: bool =
         "n_per_class": un_cfg.evaluate.n_per_class,
         "wall_time_s": {"classifier": clf.get("train_time_s"), "demo_total_this_run": round(total, 2)},
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "metrics.json", result)
     print()
     print(format_table(rows))
     print(f"(fd_remain floor: real test vs real train remaining digits = {floor:.1f}; classifier test accuracy "

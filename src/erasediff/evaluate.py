@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from .backbones import Backbone, build_backbone
-from .checkpoint import resolve_pretrained
+from .checkpoint import check_finite_weights, resolve_pretrained
 from .config import RunConfig
 from .data import dataset_from_config, images_of_classes
-from .errors import ConfigError, ErasediffError
+from .errors import ConfigError, ErasediffError, first_line
 from .metrics import (
     EvalQuirks,
     accuracy_metrics,
@@ -52,7 +52,8 @@ def load_eval_model(backbone: Backbone, spec: str, use_ema: bool) -> torch.nn.Mo
     try:
         model = backbone.load_model(path)
     except (OSError, ValueError) as exc:
-        raise ErasediffError(f"could not load model '{spec}': {str(exc).splitlines()[0]}") from None
+        raise ErasediffError(f"could not load model '{spec}': {first_line(exc)}") from None
+    check_finite_weights(model, f"model '{spec}'")
     return model.to(backbone.device).eval()
 
 

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.prompts import MANIFEST, PromptRow, read_prompt_csv
-from .errors import ConfigError, ErasediffError
+from .errors import ConfigError, ErasediffError, first_line
 
 SCHEDULERS = ("lms", "ddim", "pndm", "euler", "euler_a", "dpm")
 
@@ -87,7 +87,7 @@ def load_pipeline(pipeline: str, model: Optional[str], dtype: torch.dtype, sched
         pipe = StableDiffusionPipeline.from_pretrained(pipeline, **kwargs)
     except (OSError, ValueError) as exc:
         raise ErasediffError(f"could not load pipeline '{pipeline}'"
-                             f"{f' with the UNet of {model}' if model else ''}: {str(exc).splitlines()[0]}") from None
+                             f"{f' with the UNet of {model}' if model else ''}: {first_line(exc)}") from None
     pipe.scheduler = _scheduler(scheduler, pipe.scheduler.config)
     return pipe
 

@@ -4,17 +4,29 @@ Pretraining, Retrain, Finetune and every unlearning method are runs of this loop
 decides what one step does (`Method.update`). Around it the loop owns: seeding, data iterators,
 optimiser + warm-up schedule, EMA, periodic sample grids, logs, checkpoints and resume.
 
-Two phases keep bad input from leaving anything behind: `prepare` validates the config, loads
-the data and the model and sets the method up without writing a byte; `Run.execute` creates the
-run directory and trains.
+`train` is the one entry point: it claims the run directory (`rundir.claim_run_dir`: one writer,
+new / resume / refuse decided once), checks a resume against the saved config, builds the run
+(`build_run`: model, data, optimiser, method, writing nothing) and executes it. A failure before the
+first step leaves nothing behind. Reliability (docs/reliability.md): a non-finite loss or gradient
+stops the run or skips the update (train.nonfinite) and is never saved; SIGINT / SIGTERM save a
+checkpoint at the next step boundary; checkpoints are verified, the previous ones kept; timing
+accumulates over resumed parts; COMPLETE is written last.
+
+Why one file over 300 lines: the run's state, its checkpoint round trip and the loop that uses them
+are one unit; split, each half would reach into the other's fields.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +37,10 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, build_backbone
 from .checkpoint import (
+    CorruptCheckpoint,
+    check_finite_weights,
+    checkpoint_meta,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     resolve_pretrained,
@@ -35,8 +49,10 @@ from .checkpoint import (
 from .config import RunConfig, config_from_text, dump_config
 from .data import InfiniteBatches, LabeledImages, dataset_from_config, forget_remain_split
 from .ema import EMA
-from .errors import ConfigError, ErasediffError
+from .errors import ConfigError, ErasediffError, Interrupted, NonFiniteStep, RunStopped, first_line
+from .files import atomic_write_text, fix_modes, json_text, write_json
 from .methods import Method, MethodData, TrainState, get_method
+from .rundir import COMPLETE, CONFIG, RunDirClaim, checkpoints_newest_first, claim_run_dir
 from .samplers import sample_classes
 
 
@@ -62,7 +78,7 @@ def load_model(backbone: Backbone, cfg: RunConfig) -> tuple[torch.nn.Module, tor
         try:
             return backbone.build_model(), None
         except ValueError as exc:  # the UNet constructors validate their arguments
-            raise ConfigError(f"model.arch is invalid: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"model.arch is invalid: {first_line(exc)}") from None
     raw, ema = resolve_pretrained(cfg.model.pretrained)
     try:
         model = backbone.load_model(raw)
@@ -70,8 +86,11 @@ def load_model(backbone: Backbone, cfg: RunConfig) -> tuple[torch.nn.Module, tor
     except (OSError, ValueError) as exc:
         raise ErasediffError(
             f"could not load model.pretrained '{cfg.model.pretrained}' (not a local path, so read as a Hugging Face "
-            f"Hub id): {str(exc).splitlines()[0]}"
+            f"Hub id): {first_line(exc)}"
         ) from None
+    for m in (model, ema_model):
+        if m is not None:
+            check_finite_weights(m, f"model.pretrained '{cfg.model.pretrained}'")
     return model, ema_model
 
 
@@ -148,13 +167,15 @@ def _warmup(steps: int):
 
 @dataclass
 class Run:
+    """A built run (model, optimiser, data, method); `execute` trains it in a claimed run directory."""
+
     cfg: RunConfig
-    run_dir: Path
     state: TrainState
     method: Method
     data: MethodData
     dataset: LabeledImages
-    resume_from: Path | None
+    skipped_steps: int = 0  # updates dropped by train.nonfinite: skip_step
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # earlier parts of a resumed run
 
     # ----------------------------------------------------------------------------- bookkeeping
     def _states(self) -> dict[str, Any]:
@@ -175,14 +196,42 @@ class Run:
             states["ema_updates"] = s.ema.num_updates
         return states
 
-    def save(self) -> Path:
-        path = checkpoint_path(self.run_dir, self.state.step)
-        save_checkpoint(path, step=self.state.step, config_yaml=dump_config(self.cfg), states=self._states())
-        prune_checkpoints(self.run_dir, keep=path)
+    def _check_finite(self) -> None:
+        """Nothing non-finite is ever saved (the net under the per-step guard): RunStopped otherwise."""
+        s = self.state
+        tensors = [*s.params, *(s.ema.shadow if s.ema is not None else [])]
+        if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            raise RunStopped(f"the weights became non-finite by step {s.step}; nothing was saved at that step "
+                             "(the last good checkpoint stays): lower train.lr or set train.nonfinite: skip_step")
+
+    def save(self, run_dir: Path, session: dict[str, Any]) -> Path:
+        """Checkpoint the step just finished; `session`: this process's part of the run so far."""
+        self._check_finite()
+        path = checkpoint_path(run_dir, self.state.step)
+        extra = {"loop": json.dumps({"skipped_steps": self.skipped_steps, "sessions": [*self.sessions, session]})}
+        save_checkpoint(path, step=self.state.step, config_yaml=dump_config(self.cfg), states=self._states(),
+                        extra=extra)
+        prune_checkpoints(run_dir, keep=self.cfg.train.keep_checkpoints)
         return path
 
-    def _restore(self, path: Path) -> None:
-        step, _, states = load_checkpoint(path)
+    def restore(self, checkpoints: list[Path]) -> Path:
+        """Load the newest checkpoint that reads back exactly; a damaged one is named and the previous used."""
+        for path in checkpoints:
+            try:
+                step, _, states = load_checkpoint(path)
+                meta = checkpoint_meta(path)
+            except CorruptCheckpoint as exc:
+                print(f"warning: {exc}; falling back to the previous checkpoint", file=sys.stderr)
+                continue
+            self._load_states(step, states)
+            loop = json.loads(meta.get("loop", "{}"))
+            self.skipped_steps = int(loop.get("skipped_steps", 0))
+            self.sessions = list(loop.get("sessions", []))
+            return path
+        raise ErasediffError(f"no readable checkpoint among {[p.name for p in checkpoints]} in {checkpoints[0].parent}:"
+                             " pass --resume only after removing them (the run restarts from step 0)")
+
+    def _load_states(self, step: int, states: dict[str, Any]) -> None:
         s = self.state
         s.model.load_state_dict(states["model"])
         s.optimizer.load_state_dict(states["optimizer"])
@@ -209,61 +258,112 @@ class Run:
         with ctx:  # the backbone samples in its own space (pixels, or latents it decodes)
             images = s.backbone.sample_images(s.model, classes, cfg.sample.grid_per_class, cfg.sample, self.dataset.image_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(make_grid(images, nrow=cfg.sample.grid_per_class, normalize=True, value_range=(-1, 1)), path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_image(make_grid(images, nrow=cfg.sample.grid_per_class, normalize=True, value_range=(-1, 1)), tmp,
+                   format="png")
+        os.replace(tmp, path)
         return path
 
-    def save_models(self) -> None:
+    def save_models(self, run_dir: Path) -> None:
+        """model/ (and model_ema/) as save_pretrained folders; the caller writes COMPLETE after them."""
+        self._check_finite()
         s, text = self.state, dump_config(self.cfg)
-        s.model.save_pretrained(self.run_dir / "model")
-        (self.run_dir / "model" / "erasediff_config.yaml").write_text(text)
+        folders = [("model", nullcontext())]
         if s.ema is not None:
-            with s.ema.swapped():
-                s.model.save_pretrained(self.run_dir / "model_ema")
-            (self.run_dir / "model_ema" / "erasediff_config.yaml").write_text(text)
+            folders.append(("model_ema", s.ema.swapped()))
+        for name, ctx in folders:
+            with ctx:
+                s.model.save_pretrained(run_dir / name)
+            atomic_write_text(run_dir / name / "erasediff_config.yaml", text)
+            fix_modes(run_dir / name)
 
     # -------------------------------------------------------------------------------- the loop
     def step(self) -> dict[str, float]:
-        """One outer step: draw the D_f / D_r batches the method uses, update, EMA; returns its logs."""
+        """One outer step: draw the D_f / D_r batches the method uses, update, EMA; returns its logs.
+
+        A non-finite loss or gradient norm (detected before the optimiser step, `NonFiniteStep`) stops
+        the run (RunStopped) or, under train.nonfinite: skip_step, drops this update (no optimiser, LR or
+        EMA step; the batches are consumed) and counts it.
+        """
         s = self.state
         forget = next(self.data.forget) if self.data.forget is not None else None
         remain = next(self.data.remain) if self.data.remain is not None else None
-        logs = self.method.update(s, forget, remain)
+        try:
+            logs = self.method.update(s, forget, remain)
+        except NonFiniteStep as exc:
+            s.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.train.nonfinite == "stop":
+                raise RunStopped(f"non-finite loss or gradient at step {s.step + 1} ({exc}): the run stopped before "
+                                 "applying it (lower train.lr, or set train.nonfinite: skip_step to drop such "
+                                 "updates)") from None
+            self.skipped_steps += 1
+            s.step += 1
+            return {**exc.parts, "skipped": 1.0}
         if s.ema is not None:
             s.ema.update()
         s.step += 1
         return logs
 
-    def execute(self, progress: bool = True) -> dict[str, Any]:
+    def execute(self, claim: RunDirClaim, progress: bool = True) -> dict[str, Any]:
+        """Train in the claimed run directory (resuming what it holds) and write the run's files.
+
+        SIGINT / SIGTERM end the run at the next step boundary with a checkpoint (Interrupted); a
+        checkpoint is also written every train.checkpoint_every steps and every train.checkpoint_minutes.
+        """
         cfg, s, t = self.cfg, self.state, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.resolved.yaml").write_text(dump_config(cfg))
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-        log_file = (self.run_dir / "log.jsonl").open("a")
+        run_dir = claim.path
+        if claim.resume and claim.checkpoints:
+            self.restore(claim.checkpoints)
+        if claim.complete is not None:  # extending a finished run: it is no model until it finishes again
+            (run_dir / COMPLETE).unlink()
+        atomic_write_text(run_dir / CONFIG, dump_config(cfg))
+        _cut_log(run_dir / "log.jsonl", s.step)
         device = s.backbone.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start, t0 = s.step, time.perf_counter()
+        last_save = t0
+
+        def session() -> dict[str, Any]:
+            return {"from_step": start, "to_step": s.step, "wall_time_s": round(time.perf_counter() - t0, 2)}
+
         last: dict[str, float] = {}
         bar = tqdm(total=t.steps, initial=start, desc=f"{cfg.method.name}", unit="step", disable=not progress)
         s.model.train()
-        while s.step < t.steps:
-            last = self.step()
-            bar.update(1)
-            if s.step % t.log_every == 0 or s.step == t.steps:
-                log_file.write(json.dumps({"step": s.step, "lr": s.lr_scheduler.get_last_lr()[0], **last}) + "\n")
-                log_file.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss_r", "loss_f", "loss", "lambda")})
-            if t.sample_every and s.step % t.sample_every == 0 and s.step < t.steps:
-                self.sample_grid(self.run_dir / "samples" / f"step_{s.step:07d}.png")
-            if t.checkpoint_every and s.step % t.checkpoint_every == 0 and s.step < t.steps:
-                self.save()
+        with _StopSignals() as stop, (run_dir / "log.jsonl").open("a") as log_file:
+            while s.step < t.steps:
+                try:
+                    last = self.step()
+                except RunStopped as exc:
+                    bar.close()
+                    found = checkpoints_newest_first(run_dir)
+                    where = (f"the last good checkpoint {found[0]} stays" if found else
+                             "no checkpoint was written yet: --resume starts it again from step 0")
+                    raise RunStopped(f"{exc}; {where}") from None
+                bar.update(1)
+                if s.step % t.log_every == 0 or s.step == t.steps or "skipped" in last:
+                    log_file.write(json_text({"step": s.step, "lr": s.lr_scheduler.get_last_lr()[0], **last}) + "\n")
+                    log_file.flush()
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss_r", "loss_f", "loss", "lambda")})
+                if t.sample_every and s.step % t.sample_every == 0 and s.step < t.steps:
+                    self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png")
+                due = (t.checkpoint_every and s.step % t.checkpoint_every == 0) or (
+                    t.checkpoint_minutes and time.perf_counter() - last_save >= 60 * t.checkpoint_minutes)
+                if stop.signum is not None or (due and s.step < t.steps):
+                    path = self.save(run_dir, session())
+                    last_save = time.perf_counter()
+                    if stop.signum is not None:
+                        bar.close()
+                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {s.step} of {t.steps}: "
+                                          f"checkpoint {path}", stop.signum)
         bar.close()
-        log_file.close()
-        wall = time.perf_counter() - t0
-        ckpt = self.save()
-        self.save_models()
-        grid = self.sample_grid(self.run_dir / "samples" / f"step_{s.step:07d}.png")
+        this = session()
+        ckpt = self.save(run_dir, this)
+        self.save_models(run_dir)
+        grid = self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png")
+        sessions = [*self.sessions, this]
+        wall = sum(p["wall_time_s"] for p in sessions)
+        trained = sum(p["to_step"] - p["from_step"] for p in sessions)
         summary = {
             "method": cfg.method.name,
             "experiment": cfg.experiment,
@@ -271,29 +371,64 @@ class Run:
             "steps": s.step,
             "steps_this_session": s.step - start,
             "wall_time_s": round(wall, 2),
-            "sec_per_step": round(wall / max(1, s.step - start), 4),
+            "sec_per_step": round(wall / max(1, trained), 4),
+            "sessions": sessions,
+            "skipped_steps": self.skipped_steps,
             "peak_memory_mib": peak_memory_mib(device),
             "final_logs": last,
             "checkpoint": str(ckpt),
-            "model_dir": str(self.run_dir / "model"),
-            "ema_model_dir": str(self.run_dir / "model_ema") if s.ema is not None else None,
+            "model_dir": str(run_dir / "model"),
+            "ema_model_dir": str(run_dir / "model_ema") if s.ema is not None else None,
             "sample_grid": str(grid),
         }
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(run_dir / "metrics.json", summary)
+        write_json(run_dir / COMPLETE, {"steps": s.step, "finished": datetime.now(timezone.utc).isoformat()})
         return summary
 
 
-def prepare(
-    cfg: RunConfig, *, run_dir: Path | None = None, resume: bool = False, require_pretrained: bool = False,
-    training_only: bool = False, progress: bool = True, setup_method: bool = True,
-) -> Run:
-    """Validate and build everything for a run; write nothing. Raises ErasediffError on bad input.
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps <= `step` (a resumed run repeats the steps after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.endswith("\n") and _log_step(line) is not None and _log_step(line) <= step]
+    atomic_write_text(path, "".join(kept))
 
-    progress: show the bars of setup work (generated D_r, a method's own sampling).
-    setup_method: False builds the model, data and optimiser but leaves `method.setup` (and a generated
-    D_r) out: for commands that compute a method's input files (SA's Fisher, SalUn's mask) from the very
-    config whose setup would read them.
-    """
+
+def _log_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM set `signum`; the loop saves and stops at the next step boundary. A second signal
+    stops at once (KeyboardInterrupt), as users expect from a second Ctrl-C. Only in the main thread."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step "
+              "(send it again to stop at once)", file=sys.stderr)
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def check_command(cfg: RunConfig, *, require_pretrained: bool = False, training_only: bool = False) -> None:
+    """What `train` / `unlearn` require of a config (checked before anything is claimed or built)."""
     method_cls = get_method(cfg.method.name)
     if training_only and not method_cls.training_objective:
         raise ConfigError(
@@ -302,25 +437,65 @@ def prepare(
         )
     if require_pretrained and cfg.model.pretrained is None:
         raise ConfigError("'unlearn' needs a model to unlearn from: set model.pretrained (a run dir, model dir or Hub id)")
-    run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(run_dir)
-        if resume_from is None:
-            raise ErasediffError(f"nothing to resume: no checkpoint in {run_dir / 'checkpoints'}")
-        _, saved_text, _ = load_checkpoint(resume_from)
-        saved = config_from_text(saved_text)
-        if replace(saved, train=replace(saved.train, steps=cfg.train.steps), device=cfg.device) != cfg:
-            raise ConfigError(
-                f"--resume: the config differs from the one saved in {resume_from} (only train.steps and device may change); "
-                f"see {run_dir / 'config.resolved.yaml'}"
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ErasediffError(
-            f"run directory {run_dir} already exists: pass --resume to continue it, or choose another "
-            "--output-dir or --seed (results are never overwritten)"
-        )
 
+
+_RESUMABLE = ("steps", "nonfinite", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+
+
+def check_resume(cfg: RunConfig, claim: RunDirClaim) -> dict[str, Any] | None:
+    """Before a resumed run is built: the config must be the saved one (only train.steps, the checkpoint
+    policy and device may change) and train.steps may not be below the steps already done. Returns the
+    finished run's metrics when there is nothing left to do."""
+    run_dir = claim.path
+    saved = config_from_text((run_dir / CONFIG).read_text())
+    train = replace(saved.train, **{k: getattr(cfg.train, k) for k in _RESUMABLE})
+    if replace(saved, train=train, device=cfg.device) != cfg:
+        raise ConfigError(
+            f"--resume: the config differs from the one saved in {run_dir / CONFIG} (only train.steps, "
+            f"train.{', train.'.join(_RESUMABLE[1:])} and device may change)"
+        )
+    done = claim.complete.get("steps", 0) if claim.complete else 0
+    for path in claim.checkpoints[:1]:
+        try:
+            done = max(done, int(checkpoint_meta(path)["step"]))
+        except CorruptCheckpoint:
+            pass  # restore names it and falls back
+    if cfg.train.steps < done:
+        raise ConfigError(f"--resume: train.steps is {cfg.train.steps} but {run_dir} has already done {done} steps "
+                          f"(set train.steps >= {done})")
+    if claim.complete is not None and cfg.train.steps == done and (run_dir / "metrics.json").is_file():
+        return json.loads((run_dir / "metrics.json").read_text())
+    return None
+
+
+def train(
+    cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, require_pretrained: bool = False,
+    training_only: bool = False, progress: bool = True,
+) -> dict[str, Any]:
+    """Claim the run directory (default cfg.run_dir()), check a resume, build the run, execute it.
+
+    Returns the run's metrics.json summary; a finished run resumed with the same train.steps returns
+    its summary with `already_complete: True` and writes nothing.
+    """
+    check_command(cfg, require_pretrained=require_pretrained, training_only=training_only)
+    with claim_run_dir(run_dir if run_dir is not None else cfg.run_dir(), resume) as claim:
+        finished = check_resume(cfg, claim) if claim.resume else None
+        if finished is not None:
+            return {**finished, "already_complete": True}
+        run = build_run(cfg, progress=progress)
+        return {**run.execute(claim, progress=progress), "run_dir": str(claim.path)}
+
+
+def build_run(cfg: RunConfig, *, progress: bool = True, setup_method: bool = True) -> Run:
+    """Validate and build everything for a run (model, data, optimiser, method); writes nothing and needs
+    no run directory. Raises ErasediffError on bad input.
+
+    progress: show the bars of setup work (generated D_r, a method's own sampling).
+    setup_method: False builds the model, data and optimiser but leaves `method.setup` (and a generated
+    D_r) out: for commands that compute a method's input files (SA's Fisher, SalUn's mask) from the very
+    config whose setup would read them.
+    """
+    method_cls = get_method(cfg.method.name)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     method = method_cls(cfg.method)  # before the data: which sets it draws may depend on its config
@@ -351,4 +526,4 @@ def prepare(
         if method.needs_remain and cfg.data.remain_source == "generated":
             data.remain = generated_remain(state, dataset.num_classes, progress)
         method.setup(state, data)
-    return Run(cfg, run_dir, state, method, data, dataset, resume_from)
+    return Run(cfg, state, method, data, dataset)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, to_dict
 from .errors import ErasediffError
+from .files import atomic_write_text, write_json
+from .rundir import FolderClaim
 
 IDENTITY = "sample.json"
 MANIFEST = "manifest.csv"
@@ -85,7 +88,7 @@ def write_manifest(root: Path, seed: int) -> int:
     for class_dir in sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         for f in sorted(class_dir.glob("[0-9]*.png")):
             rows.append(f"{class_dir.name}/{f.name},{class_dir.name},{seed},{int(f.stem)}")
-    (root / MANIFEST).write_text("path,class,seed,index\n" + "".join(r + "\n" for r in rows))
+    atomic_write_text(root / MANIFEST, "path,class,seed,index\n" + "".join(r + "\n" for r in rows))
     return len(rows)
 
 
@@ -109,47 +112,49 @@ def sample_to_folder(
     identity = folder_identity(cfg, model_spec)
     # cpu=True lets a CPU-only torchrun / mpirun launch form a gloo group (accelerate's MULTI_CPU)
     state = PartialState(cpu=resolve_device(cfg.device).type == "cpu")
-    if state.is_main_process:
-        check_identity(root, identity)
-    # every unit with a missing image is (re)sampled whole: its images are deterministic
-    units = [
-        u for c, n in sorted(counts.items()) for u in sampling_units([c], n, cfg.sample.batch_size)
-        if not all(image_path(root, u[0], i).is_file() for i in range(u[1], u[2]))
-    ]
-    total = sum(counts.values())
-    device = state.device if state.num_processes > 1 else resolve_device(cfg.device)
-    if units:
-        backbone = build_backbone(cfg, device)
-        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
-        shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    # the main process holds the folder for the whole call: no second command can mix images into it
+    claim = FolderClaim(root, "sample folder") if state.is_main_process else nullcontext()
+    with claim:
         if state.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / IDENTITY).write_text(json.dumps(identity, indent=2) + "\n")
+            check_identity(root, identity)
+        # every unit with a missing image is (re)sampled whole: its images are deterministic
+        units = [
+            u for c, n in sorted(counts.items()) for u in sampling_units([c], n, cfg.sample.batch_size)
+            if not all(image_path(root, u[0], i).is_file() for i in range(u[1], u[2]))
+        ]
+        total = sum(counts.values())
+        device = state.device if state.num_processes > 1 else resolve_device(cfg.device)
+        mine_count = 0
+        if units:
+            backbone = build_backbone(cfg, device)
+            model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+            shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+            if state.is_main_process:
+                write_json(root / IDENTITY, identity)
+            state.wait_for_everyone()
+            noise: dict[int, torch.Tensor] = {}
+            with state.split_between_processes(units) as mine:
+                mine_count = sum(b - a for _, a, b in mine)
+                bar = tqdm(total=mine_count, desc=f"sampling [{state.process_index}]", unit="img",
+                           disable=not progress or not state.is_local_main_process)
+                for c, start, stop in mine:
+                    if c not in noise:
+                        noise = {c: class_noise([c], counts[c], shape, cfg.sample.seed)}
+                    images = to_uint8(sample_unit(backbone, model, c, start, stop, noise[c], shape, cfg.sample))
+                    (root / str(c)).mkdir(parents=True, exist_ok=True)
+                    for i, array in zip(range(start, stop), images):
+                        save_png(array, image_path(root, c, i))
+                    bar.update(stop - start)
+                bar.close()
         state.wait_for_everyone()
-        noise: dict[int, torch.Tensor] = {}
-        with state.split_between_processes(units) as mine:
-            mine_count = sum(b - a for _, a, b in mine)
-            bar = tqdm(total=sum(b - a for _, a, b in mine), desc=f"sampling [{state.process_index}]", unit="img",
-                       disable=not progress or not state.is_local_main_process)
-            for c, start, stop in mine:
-                if c not in noise:
-                    noise = {c: class_noise([c], counts[c], shape, cfg.sample.seed)}
-                images = to_uint8(sample_unit(backbone, model, c, start, stop, noise[c], shape, cfg.sample))
-                (root / str(c)).mkdir(parents=True, exist_ok=True)
-                for i, array in zip(range(start, stop), images):
-                    save_png(array, image_path(root, c, i))
-                bar.update(stop - start)
-            bar.close()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if not (root / IDENTITY).is_file():
-            (root / IDENTITY).write_text(json.dumps(identity, indent=2) + "\n")
-        write_manifest(root, cfg.sample.seed)
+        if state.is_main_process:
+            if not (root / IDENTITY).is_file():
+                write_json(root / IDENTITY, identity)
+            write_manifest(root, cfg.sample.seed)
     sampled = sum(b - a for _, a, b in units)
     info = {"root": str(root), "sampled": sampled, "skipped": total - sampled, "images": total}
     if state.num_processes > 1:
-        info.update(processes=state.num_processes, sampled_by_this_process=mine_count if units else 0)
+        info.update(processes=state.num_processes, sampled_by_this_process=mine_count)
     return info
 
 

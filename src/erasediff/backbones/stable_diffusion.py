@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig, SampleConfig
-from ..errors import ConfigError, ErasediffError
+from ..errors import ConfigError, ErasediffError, first_line
 from .base import Backbone
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -115,7 +115,7 @@ class StableDiffusionBackbone(Backbone):
 
     # ------------------------------------------------------------------------------------ loading
     def _load_error(self, what: str, exc: Exception) -> ErasediffError:
-        return ErasediffError(f"could not load the {what} of pipeline '{self.pipeline}': {str(exc).splitlines()[0]}")
+        return ErasediffError(f"could not load the {what} of pipeline '{self.pipeline}': {first_line(exc)}")
 
     def _check_scheduler(self) -> None:
         """The training noise schedule (config `diffusion`) must be the pipeline's (SD v1.4: scaled_linear

@@ -11,6 +11,7 @@ A method never tests which dataset or model family it runs on: it asks the backb
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..ema import EMA
+from ..errors import NonFiniteStep
 
 if TYPE_CHECKING:  # keep config validation free of the diffusers import (seconds)
     from ..backbones.base import Backbone
@@ -38,19 +40,32 @@ class TrainState:
     ema: EMA | None
     generator: torch.Generator  # noise, timesteps and label dropout of the training steps
     step: int = 0
-    progress: bool = True  # show the bars of setup work (a method's own sampling), as prepare(progress=)
+    progress: bool = True  # show the bars of setup work (a method's own sampling), as build_run(progress=)
 
-    def clip_and_step(self, after_clip: Callable[[], None] | None = None) -> float | None:
-        """Clip the global grad norm (train.grad_clip), call `after_clip` (e.g. SalUn's gradient mask),
-        then take one optimiser + LR-schedule step. Returns the pre-clip norm (None without clipping)."""
-        norm = None
+    def grad_norm(self, parts: dict[str, float] | None = None) -> torch.Tensor:
+        """Global L2 norm of the trainable gradients (0-dim tensor); raises NonFiniteStep (before any
+        optimiser step) when it or a loss in `parts` is NaN or infinite (the loop's train.nonfinite policy
+        decides what happens then)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        values = {**(parts or {}), "grad_norm": float(norm)}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteStep(values)
+        return norm
+
+    def clip_and_step(self, after_clip: Callable[[], None] | None = None,
+                      parts: dict[str, float] | None = None) -> float:
+        """Check that the losses `parts` and the global grad norm are finite (else NonFiniteStep, nothing
+        applied), clip the norm to train.grad_clip, call `after_clip` (e.g. SalUn's gradient mask), then
+        take one optimiser + LR-schedule step. Returns the pre-clip norm."""
+        norm = self.grad_norm(parts)
         if self.cfg.train.grad_clip is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip))
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, norm)
         if after_clip is not None:
             after_clip()
         self.optimizer.step()
         self.lr_scheduler.step()
-        return norm
+        return float(norm)
 
 
 @dataclass
@@ -90,9 +105,7 @@ class Method:
         state.optimizer.zero_grad(set_to_none=True)
         total, parts = self.loss(state, forget, remain)
         total.backward()
-        norm = state.clip_and_step()
-        if norm is not None:
-            parts["grad_norm"] = norm
+        parts["grad_norm"] = state.clip_and_step(parts=parts)
         return parts
 
     def state_dict(self) -> dict[str, Any]:

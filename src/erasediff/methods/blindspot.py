@@ -28,14 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval
 from torch import nn
 
 from ..checkpoint import resolve_pretrained
-from ..errors import ConfigError, ErasediffError
+from ..errors import ConfigError, ErasediffError, first_line
 from ..losses import denoising_loss, eps_mse
 from . import register
 from .base import Method, MethodData, TrainState
@@ -47,9 +48,9 @@ class BlindSpotConfig:
     #: stage-1 proxy: run directory (model/ + model_ema/) or diffusers model directory (local path)
     proxy: Optional[str] = None
     #: β of the attention-transfer term (0 = off, the official value; Tarun et al. use 50)
-    at_weight: float = 0.0
+    at_weight: Annotated[float, Ge(0)] = 0.0
     #: label-dropout probability on both halves of the batch (official stage 2: 0.1)
-    cond_drop: float = 0.1
+    cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
     def validate(self, path: str) -> None:
         if not self.proxy:
@@ -57,10 +58,6 @@ class BlindSpotConfig:
                 f"config key '{path}.proxy' is required: the run directory of the stage-1 proxy "
                 "(train it with blindspot_proxy.yaml)"
             )
-        if self.at_weight < 0:
-            raise ConfigError(f"config key '{path}.at_weight' must be >= 0 (got {self.at_weight})")
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise ConfigError(f"config key '{path}.cond_drop' must be in [0, 1) (got {self.cond_drop})")
 
 
 def feature_modules(model: nn.Module) -> list[nn.Module]:
@@ -87,7 +84,7 @@ class BlindSpot(Method):
 
     def __init__(self, cfg: BlindSpotConfig):
         super().__init__(cfg)
-        # runs in `prepare` before the run directory exists: a missing proxy leaves nothing behind
+        # runs in `build_run` before the run directory is written: a missing proxy leaves nothing behind
         if not Path(cfg.proxy).exists():
             raise ErasediffError(
                 f"method.proxy '{cfg.proxy}' not found: train the stage-1 proxy first "
@@ -99,7 +96,7 @@ class BlindSpot(Method):
         try:
             proxy = state.backbone.load_model(ema or raw)
         except (OSError, ValueError) as exc:
-            raise ErasediffError(f"could not load method.proxy '{self.cfg.proxy}': {str(exc).splitlines()[0]}") from None
+            raise ErasediffError(f"could not load method.proxy '{self.cfg.proxy}': {first_line(exc)}") from None
         self.proxy = proxy.to(state.backbone.device).eval().requires_grad_(False)
         # forward hooks collect the down-block outputs of the forget pass (only while `recording`)
         self.recording = False

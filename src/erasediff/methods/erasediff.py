@@ -37,9 +37,10 @@ the inner value is stored as a float (the code kept graphs alive in its meter).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
+from annotated_types import Ge, Gt, Interval
 
 from ..errors import ConfigError
 from ..losses import denoising_loss, random_label_target_loss, uniform_target_loss
@@ -52,26 +53,17 @@ class EraseDiffConfig:
     name: str = "erasediff"
     target: Literal["uniform", "random_label"] = "uniform"
     lambda_mode: Literal["fixed", "paper", "cosine"] = "fixed"
-    lambda_value: float = 0.1
-    eta: float = 0.1
-    inner_steps: int = 2
+    lambda_value: Annotated[float, Ge(0)] = 0.1  # λ of lambda_mode fixed
+    eta: float = 0.1  # η of lambda_mode paper / cosine: any finite value
+    inner_steps: Annotated[int, Ge(0)] = 2
     inner_optimizer: Literal["shared", "separate"] = "shared"
-    inner_lr: Optional[float] = None
-    block_size: int = 36
+    inner_lr: Optional[Annotated[float, Gt(0)]] = None
+    block_size: Annotated[int, Ge(1)] = 36
     phi_value: Literal["inner_mean", "final"] = "inner_mean"
     shared_timesteps: bool = True
     q_gate: bool = False
-    remain_cond_drop: float = 0.0
-    forget_cond_drop: float = 0.0
-
-    def validate(self, path: str) -> None:
-        if self.inner_steps < 0:
-            raise ConfigError(f"config key '{path}.inner_steps' must be >= 0 (got {self.inner_steps})")
-        if self.block_size < 1:
-            raise ConfigError(f"config key '{path}.block_size' must be >= 1 (got {self.block_size})")
-        for key in ("remain_cond_drop", "forget_cond_drop"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"config key '{path}.{key}' must be in [0, 1) (got {getattr(self, key)})")
+    remain_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    forget_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
@@ -108,7 +100,7 @@ class EraseDiff(Method):
             )
         if self.cfg.target == "random_label":
             # ask for the other condition once now, so a missing one (SD without model.sd.surrogate_prompt)
-            # fails in prepare, before the run directory exists; a throwaway generator leaves the run's RNG alone
+            # fails in build_run, before the run directory is written; a throwaway generator leaves the run's RNG alone
             probe = torch.Generator(device=state.generator.device).manual_seed(0)
             state.backbone.other_condition(state.backbone.null_condition(1), probe)
         self.forget_iter = data.forget
@@ -142,25 +134,29 @@ class EraseDiff(Method):
         # line 2: φ⁰ ← θ (in place, trainable parameters only; no second model)
         torch._foreach_copy_(self.snapshot, [p.detach() for p in state.params])
         losses = []
-        # line 3: K descent steps on L_f only (the official code does not clip inner steps)
-        for _ in range(self.cfg.inner_steps):
-            x_f, c_f = state.backbone.encode(next(self.forget_iter))
-            self.inner_opt.zero_grad(set_to_none=True)
-            loss = self.forget_loss(state, x_f, c_f, None, self.inner_gen)
-            loss.backward()
-            self.inner_opt.step()
-            losses.append(loss.item())
-        # line 4: f* = L_f(φ^K), then θ ← φ⁰
-        if self.cfg.phi_value == "final" or not losses:
-            x_f, c_f = state.backbone.encode(next(self.forget_iter))
+        try:
+            # line 3: K descent steps on L_f only (the official code does not clip inner steps)
+            for _ in range(self.cfg.inner_steps):
+                x_f, c_f = state.backbone.encode(next(self.forget_iter))
+                self.inner_opt.zero_grad(set_to_none=True)
+                loss = self.forget_loss(state, x_f, c_f, None, self.inner_gen)
+                loss.backward()
+                state.grad_norm({"loss_f_inner": loss.item()})  # NonFiniteStep before a bad inner step
+                self.inner_opt.step()
+                losses.append(loss.item())
+            # line 4: f* = L_f(φ^K)
+            if self.cfg.phi_value == "final" or not losses:
+                x_f, c_f = state.backbone.encode(next(self.forget_iter))
+                with torch.no_grad():
+                    self.phi = self.forget_loss(state, x_f, c_f, None, self.inner_gen).item()
+            else:
+                last_pass = losses[-max(1, min(len(losses), self.forget_iter.batches_per_epoch)) :]
+                self.phi = sum(last_pass) / len(last_pass)
+        finally:
+            # line 4: θ ← φ⁰, also when a non-finite inner step ends the loop early (train.nonfinite)
             with torch.no_grad():
-                self.phi = self.forget_loss(state, x_f, c_f, None, self.inner_gen).item()
-        else:
-            last_pass = losses[-max(1, min(len(losses), self.forget_iter.batches_per_epoch)) :]
-            self.phi = sum(last_pass) / len(last_pass)
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in state.params], self.snapshot)
-        state.optimizer.zero_grad(set_to_none=True)
+                torch._foreach_copy_([p.data for p in state.params], self.snapshot)
+            state.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------- one outer step
     def update(self, state: TrainState, forget, remain) -> dict[str, float]:
@@ -197,10 +193,9 @@ class EraseDiff(Method):
             # line 8: δ = g_r + λ g_q, written straight into .grad (no third backward)
             for p, a, b in zip(state.params, g_r, g_q):
                 p.grad = a + lam * b
-        logs = {"loss_r": loss_r.item(), "loss_f": loss_f.item(), "q": q, "lambda": lam, "phi": self.phi}
-        norm = state.clip_and_step()
-        if norm is not None:
-            logs["grad_norm"] = norm
+        logs = {"loss_r": loss_r.item(), "loss_f": loss_f.item(), "q": q, "lambda": lam}
+        logs["grad_norm"] = state.clip_and_step(parts=logs)
+        logs["phi"] = self.phi
         return logs
 
     def state_dict(self) -> dict:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge
 
 from ..config import SampleConfig
 from ..errors import ConfigError
@@ -39,21 +40,22 @@ from .base import Method, MethodData, TrainState
 class ESDConfig:
     name: str = "esd"
     #: η of the target ε*(∅) − η[ε*(c) − ε*(∅)]
-    negative_guidance: float = 1.0
+    negative_guidance: Annotated[float, Ge(0)] = 1.0
     #: first term of the target: `null` ε*(z,∅) (paper, CompVis code) or `concept` ε*(z,c) (diffusers code)
     anchor: Literal["null", "concept"] = "null"
     #: guidance scale (diffusers convention) of the partial DDIM sampling that produces z
-    start_guidance: float = 3.0
-    #: n: DDIM steps of a full trajectory; z stops after k ~ U{0..n−1} of them
-    ddim_steps: int = 50
+    start_guidance: Annotated[float, Ge(0)] = 3.0
+    #: n: DDIM steps of a full trajectory (<= diffusion.num_train_timesteps); z stops after k ~ U{0..n−1} of them
+    ddim_steps: Annotated[int, Ge(1)] = 50
     #: which UNet samples z: the one being trained (CompVis code) or the frozen copy (diffusers code)
     sample_with: Literal["current", "frozen"] = "current"
 
-    def validate(self, path: str) -> None:
-        if self.ddim_steps < 1:
-            raise ConfigError(f"config key '{path}.ddim_steps' must be >= 1 (got {self.ddim_steps})")
-        if self.negative_guidance < 0:
-            raise ConfigError(f"config key '{path}.negative_guidance' must be >= 0 (got {self.negative_guidance})")
+    def check_run(self, run, path: str) -> None:
+        """Checks against the other sections (RunConfig.validate calls this)."""
+        T = run.diffusion.num_train_timesteps
+        if self.ddim_steps > T:
+            raise ConfigError(f"config key '{path}.ddim_steps' must be <= diffusion.num_train_timesteps = {T} "
+                              f"(got {self.ddim_steps})")
 
 
 @register

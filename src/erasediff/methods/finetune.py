@@ -8,8 +8,10 @@ Loss: L_r = E‖ε − ε_θ(x_t, t, c)‖² with label dropout `cond_drop` (CFG
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Interval
 
 from ..losses import denoising_loss
 from . import register
@@ -20,7 +22,7 @@ from .base import Method, TrainState
 class FinetuneConfig:
     name: str = "finetune"
     #: probability of training on the null condition instead of c (p_uncond, 0.1 in SA/EraseDiff)
-    cond_drop: float = 0.1
+    cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
 
 @register

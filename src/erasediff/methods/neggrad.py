@@ -15,11 +15,11 @@ Option `data`:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Interval
 
-from ..errors import ConfigError
 from ..losses import denoising_loss
 from . import register
 from .base import Method, TrainState
@@ -31,11 +31,7 @@ class NegGradConfig:
     #: which split is ascended: `forget` (paper) or `remain` (the official code's bug)
     data: Literal["forget", "remain"] = "forget"
     #: probability of replacing c by the null condition in the ascended loss
-    cond_drop: float = 0.0
-
-    def validate(self, path: str) -> None:
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise ConfigError(f"config key '{path}.cond_drop' must be in [0, 1) (got {self.cond_drop})")
+    cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
 
 
 @register

@@ -35,9 +35,10 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
+from annotated_types import Ge, Gt, Interval
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -52,30 +53,17 @@ from .selective_amnesia import fresh_output, load_param_file, prepare_model_and_
 @dataclass(frozen=True)
 class SalUnConfig:
     name: str = "salun"
-    #: safetensors file of the {0,1} mask (the `saliency-mask` command writes it); required at prepare time
+    #: safetensors file of the {0,1} mask (the `saliency-mask` command writes it); required when the run is built
     mask: Optional[str] = None
-    alpha: float = 1.0
+    alpha: Annotated[float, Ge(0)] = 1.0
     forget_loss: Literal["random_label", "neggrad"] = "random_label"
-    forget_cond_drop: float = 0.1
-    remain_cond_drop: float = 0.1
+    forget_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
+    remain_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
     # --- mask computation (`compute_saliency_mask`) ---
-    mask_fraction: float = 0.5
-    mask_batches: Optional[int] = None  # None = one pass over D_f
-    mask_guidance: float = 2.0
-    mask_grad_clip: Optional[float] = 1.0
-
-    def validate(self, path: str) -> None:
-        if self.alpha < 0:
-            raise ConfigError(f"config key '{path}.alpha' must be >= 0 (got {self.alpha})")
-        for key in ("forget_cond_drop", "remain_cond_drop"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"config key '{path}.{key}' must be in [0, 1) (got {getattr(self, key)})")
-        if not 0.0 < self.mask_fraction <= 1.0:
-            raise ConfigError(f"config key '{path}.mask_fraction' must be in (0, 1] (got {self.mask_fraction})")
-        if self.mask_batches is not None and self.mask_batches < 1:
-            raise ConfigError(f"config key '{path}.mask_batches' must be >= 1 or null (got {self.mask_batches})")
-        if self.mask_grad_clip is not None and self.mask_grad_clip <= 0:
-            raise ConfigError(f"config key '{path}.mask_grad_clip' must be > 0 or null (got {self.mask_grad_clip})")
+    mask_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.5
+    mask_batches: Optional[Annotated[int, Ge(1)]] = None  # None = one pass over D_f
+    mask_guidance: Annotated[float, Ge(0)] = 2.0  # w of the "sa" guidance convention
+    mask_grad_clip: Optional[Annotated[float, Gt(0)]] = 1.0
 
 
 def top_fraction_mask(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
@@ -176,7 +164,5 @@ class SalUn(Method):
                 if p.grad is not None:
                     p.grad.mul_(k)
 
-        norm = state.clip_and_step(after_clip=apply_mask)
-        if norm is not None:
-            parts["grad_norm"] = norm
+        parts["grad_norm"] = state.clip_and_step(after_clip=apply_mask, parts=parts)
         return parts

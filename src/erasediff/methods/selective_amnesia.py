@@ -39,13 +39,15 @@ model's trainable parameters (ErasediffError naming the file and keys).
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import torch
+from annotated_types import Ge, Interval
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -55,6 +57,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, dump_config
 from ..data import InfiniteBatches, images_of_classes
 from ..errors import ConfigError, ErasediffError
+from ..files import fix_mode
 from ..losses import denoising_loss
 from . import register
 from .base import Method, MethodData, TrainState
@@ -67,30 +70,27 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SelectiveAmnesiaConfig:
     name: str = "selective_amnesia"
-    #: safetensors file of the Fisher diagonal (the `fisher` command writes it); required at prepare time
+    #: safetensors file of the Fisher diagonal (the `fisher` command writes it); required when the run is built
     fisher: Optional[str] = None
-    lambda_ewc: float = 10.0
-    gamma: float = 1.0
+    lambda_ewc: Annotated[float, Ge(0)] = 10.0
+    gamma: Annotated[float, Ge(0)] = 1.0
     replay: Literal["generated", "real"] = "generated"
-    replay_samples_per_class: int = 500
+    replay_samples_per_class: Annotated[int, Ge(1)] = 500
     # --- Fisher computation (`compute_fisher`) ---
     fisher_source: Literal["generated", "real"] = "generated"
-    fisher_samples_per_class: int = 500
-    fisher_timesteps: int = 1000
-    fisher_chunks: int = 20
+    fisher_samples_per_class: Annotated[int, Ge(1)] = 500
+    fisher_timesteps: Annotated[int, Ge(1)] = 1000  # <= diffusion.num_train_timesteps (check_run)
+    fisher_chunks: Annotated[int, Ge(1)] = 20
     fisher_input_range: Literal["[-1,1]", "[0,1]"] = "[-1,1]"
-    fisher_cond_drop: float = 0.1
+    fisher_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
     fisher_reduction: Literal["sum", "mean"] = "sum"
 
-    def validate(self, path: str) -> None:
-        for key in ("lambda_ewc", "gamma"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"config key '{path}.{key}' must be >= 0 (got {getattr(self, key)})")
-        for key in ("replay_samples_per_class", "fisher_samples_per_class", "fisher_timesteps", "fisher_chunks"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"config key '{path}.{key}' must be >= 1 (got {getattr(self, key)})")
-        if not 0.0 <= self.fisher_cond_drop < 1.0:
-            raise ConfigError(f"config key '{path}.fisher_cond_drop' must be in [0, 1) (got {self.fisher_cond_drop})")
+    def check_run(self, run: RunConfig, path: str) -> None:
+        """Checks against the other sections (RunConfig.validate calls this)."""
+        T = run.diffusion.num_train_timesteps
+        if self.fisher_timesteps > T:
+            raise ConfigError(f"config key '{path}.fisher_timesteps' must be <= diffusion.num_train_timesteps = {T} "
+                              f"(got {self.fisher_timesteps})")
 
 
 # ------------------------------------------------------------ per-parameter files (Fisher, SalUn mask)
@@ -145,21 +145,35 @@ def fresh_output(out_path: str | Path) -> Path:
 
 
 def save_param_file(out: Path, tensors: dict[str, torch.Tensor], cfg: RunConfig, kind: str) -> None:
-    """Write the per-parameter tensors with the resolved config in the metadata; never overwrite."""
+    """Write the per-parameter tensors with the resolved config in the metadata; never overwrite.
+
+    Written under a temporary name, then hard-linked to `out`: the link fails if `out` appeared in the
+    meantime (another process), so no file is ever replaced or half-written.
+    """
     fresh_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": f"erasediff-{kind}-v1", "config": dump_config(cfg)}
-    save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(out), metadata=meta)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp), metadata=meta)
+        fix_mode(tmp)
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise ErasediffError(f"output file {out} appeared while it was computed (another process?): "
+                                 "results are never overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prepare_model_and_data(cfg: RunConfig, out: Path) -> Run:
-    """Model (raw weights, EMA shadow), backbone and dataset of `cfg` through `loop.prepare`, writing nothing.
+    """Model (raw weights, EMA shadow), backbone and dataset of `cfg` through `loop.build_run`, writing nothing.
 
     The method is not set up (`setup_method=False`): SA / SalUn setup reads the very file being computed.
     """
-    from ..loop import prepare  # late: the loop imports this package
+    from ..loop import build_run  # late: the loop imports this package
 
-    return prepare(cfg, run_dir=out.parent / f".{out.name}.unused-run-dir", setup_method=False)
+    return build_run(cfg, setup_method=False)
 
 
 def sample_shape(cfg: RunConfig) -> tuple[int, int, int]:

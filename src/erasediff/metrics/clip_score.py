@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.prompts import MANIFEST
-from ..errors import DataError, ErasediffError
+from ..errors import DataError, ErasediffError, first_line
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 
@@ -39,7 +39,7 @@ def build_clip(model_id: str = CLIP_MODEL, device: str | torch.device | None = N
         model = CLIPModel.from_pretrained(model_id)
         processor = CLIPProcessor.from_pretrained(model_id)
     except (OSError, ValueError) as exc:
-        raise ErasediffError(f"could not load the CLIP model '{model_id}': {str(exc).splitlines()[0]}") from None
+        raise ErasediffError(f"could not load the CLIP model '{model_id}': {first_line(exc)}") from None
     model.eval()
     return (model if device is None else model.to(device)), processor
 

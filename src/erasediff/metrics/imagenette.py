@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.prompts import IMAGENETTE_WNIDS, MANIFEST, read_prompt_csv
-from ..errors import DataError, ErasediffError
+from ..errors import DataError, ErasediffError, first_line
 from .fid import (
     IMAGE_EXTENSIONS,
     _device_of,
@@ -364,7 +364,7 @@ def load_hub_imagenette(config: str = "160px", split: str = "train"):
     try:
         return datasets.load_dataset(HUB_DATASET, config, split=split)
     except (OSError, ValueError, ConnectionError) as exc:
-        raise DataError(f"could not load {HUB_DATASET} ({config}, {split}): {str(exc).splitlines()[0]}") from None
+        raise DataError(f"could not load {HUB_DATASET} ({config}, {split}): {first_line(exc)}") from None
 
 
 def select_real(items: Sequence[tuple[str, object]], forget: str, max_real: Optional[int]) -> list[tuple[str, object]]:
