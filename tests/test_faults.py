@@ -46,6 +46,8 @@ def drive(python: str, fault: str, *args: str) -> subprocess.CompletedProcess:
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     out = {}
     for part in ("model", "model_ema"):
+        if not (run_dir / part).is_dir():  # train.ema_decay: null
+            continue
         for k, v in load_file(run_dir / part / "diffusion_pytorch_model.safetensors").items():
             out[f"{part}.{k}"] = v
     return out
@@ -302,6 +304,23 @@ def test_resume_of_a_finished_run_writes_nothing_and_extending_accumulates_time(
     assert logged_steps(out) == list(range(1, STEPS + 3))
 
 
+def test_time_based_checkpoints(tmp_path, capsys, monkeypatch):
+    """train.checkpoint_minutes saves whenever that much time has passed (a clock that jumps a minute per read)."""
+    import erasediff.loop as loop
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter():
+        clock["t"] += 60.0
+        return clock["t"]
+
+    monkeypatch.setattr(loop.time, "perf_counter", fake_perf_counter)
+    code, io = _run(tmp_path, capsys, "train.checkpoint_every=0", "train.checkpoint_minutes=1", "train.keep_checkpoints=9")
+    assert code == 0, io.err
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert saved == [f"step_{n:07d}.safetensors" for n in range(1, STEPS + 1)]  # a minute passed before every step
+
+
 def test_files_are_written_with_the_umask_mode(reference):
     mode = 0o666 & ~_umask()
     files = [*reference.glob("model*/*.safetensors"), *reference.glob("checkpoints/*"), reference / "metrics.json"]
@@ -343,3 +362,122 @@ def test_convert_tiny_files(tmp_path, capsys, size):
     assert code == 2 and len(err) == 1 and err[0].startswith("error:") and str(bad) in err[0]
     assert not (tmp_path / "out").exists()
 
+
+
+# ----------------------------------------------------------------- any value through any config key
+def _leaf_keys(cls, prefix: str = "") -> dict[str, object]:
+    """Dotted leaf keys of a config dataclass -> their type hint."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, object] = {}
+    for f in fields(cls):
+        tp = hints[f.name]
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+        if is_dataclass(inner):
+            out.update(_leaf_keys(inner, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = tp
+    return out
+
+
+def _choices(tp) -> list:
+    import typing
+
+    found = []
+    for arg in typing.get_args(tp) or ():
+        found += _choices(arg)
+    return [*typing.get_args(tp)] if typing.get_origin(tp) is typing.Literal else found
+
+
+def _all_keys() -> dict[str, list]:
+    """Every key of a Finetune run's config, with its valid choices (Literal types) as extra values."""
+    from erasediff.config import RunConfig
+    from erasediff.methods.finetune import FinetuneConfig
+
+    keys = {k: _choices(t) for k, t in _leaf_keys(RunConfig).items() if k != "method"}
+    keys.update({f"method.{k}": _choices(t) for k, t in _leaf_keys(FinetuneConfig).items() if k != "name"})
+    # datasets that download or need files of the user's: not reachable offline (their errors are tested elsewhere)
+    keys["data.dataset"] = ["digits", "folder", "prompt_folder"]
+    # each key's value in the test's own config comes first: drawn half of the time, so that many cases are
+    # valid runs (which must then complete) while the other half stress the validation
+    from erasediff.config import to_dict
+
+    flat: dict[str, object] = {}
+
+    def walk(tree, prefix):
+        for k, v in tree.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.setdefault(f"{prefix}{k}", v)
+
+    walk(to_dict(tiny_config("pretrain")), "")
+    for key in keys:
+        keys[key] = [flat[key], *keys[key]] if key in flat else keys[key]
+    return keys
+
+
+KEYS = _all_keys()
+# small numbers only: a valid run must finish in seconds, and huge sizes would just be slow, not wrong
+VALUES = [None, True, False, -1, 0, 1, 2, 3, -0.5, 0.5, 1.5, 1e-3, float("nan"), float("inf"), float("-inf"),
+          "", "abc", "1e-3", "yes", [], [0], [1, 2], [16, 32], {"a": 1}]
+
+
+def _yaml(value) -> str:
+    import yaml
+
+    if isinstance(value, float) and value != value:
+        return ".nan"
+    if isinstance(value, float) and abs(value) == float("inf"):
+        return ".inf" if value > 0 else "-.inf"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def test_any_value_of_any_key_is_a_run_or_one_error_line(tmp_path):
+    """Random values and types through every config key: a complete run, or exit 2 with one `error:` line
+    and nothing written; never a traceback (hypothesis; derandomized so CI sees the same cases)."""
+    import contextlib
+    import io
+    import shutil
+    import warnings
+
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @st.composite
+    def key_values(draw):
+        n = draw(st.integers(1, 2))
+        picked = []
+        for key in draw(st.lists(st.sampled_from(sorted(KEYS)), min_size=n, max_size=n, unique=True)):
+            own = KEYS[key][:1]
+            picked.append((key, draw(st.one_of(st.sampled_from(own or VALUES), st.sampled_from(VALUES + KEYS[key])))))
+        return picked
+
+    seen = {"runs": 0, "errors": 0}
+
+    @hypothesis.settings(max_examples=150, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(items=key_values())
+    def check(items):
+        root = tmp_path / "case"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        out = root / "run"
+        args = [*RUN, "--set", "train.steps=2", "--output-dir", str(out)]
+        for key, value in items:
+            args += ["--set", f"{key}={_yaml(value)}"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = main(args)
+        lines = err.getvalue().strip().splitlines()
+        if code == 0:
+            seen["runs"] += 1
+            assert (out / COMPLETE).is_file(), items
+            assert all(torch.isfinite(v).all() for v in weights(out).values()), items
+        else:
+            seen["errors"] += 1
+            assert code == 2, (items, err.getvalue())
+            assert len(lines) == 1 and lines[0].startswith("error: "), (items, err.getvalue())
+            assert list(root.iterdir()) == [], (items, lines)  # nothing written
+
+    check()
+    assert seen["runs"] >= 20 and seen["errors"] >= 40, seen  # both outcomes were exercised
