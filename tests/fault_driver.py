@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 
-from erasediff import checkpoint, loop
+from erasediff import checkpoint
+from erasediff import run as loop
 from erasediff.cli import main
 
 

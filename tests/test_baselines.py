@@ -11,7 +11,7 @@ from helpers import REPO, SMOKE, TINY, tiny_config
 from erasediff.cli import main
 from erasediff.config import load_config
 from erasediff.errors import ConfigError
-from erasediff.loop import build_run
+from erasediff.build import build_run
 from erasediff.losses import denoising_loss, uniform_target_loss
 from erasediff.methods.blindspot import feature_modules
 

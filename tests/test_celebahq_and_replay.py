@@ -8,7 +8,7 @@ from PIL import Image
 from erasediff.config import load_config
 from erasediff.data import load_dataset
 from erasediff.errors import ConfigError, DataError
-from erasediff.loop import build_run
+from erasediff.build import build_run
 
 ATTRS = ["Bald", "Eyeglasses", "Smiling"]
 # file name -> values of ATTRS in {-1, 1}; two of five images wear eyeglasses

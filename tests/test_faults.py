@@ -211,7 +211,7 @@ def test_skip_step_drops_the_update_and_counts_it(tmp_path, capsys, monkeypatch)
 def test_skip_step_inside_erasediffs_inner_loop_restores_theta(tmp_path, monkeypatch):
     """A NaN in an inner step (Alg. 1 line 3) ends the inner loop early; θ ← φ⁰ still happens."""
     import erasediff.methods.erasediff as ed
-    from erasediff.loop import build_run
+    from erasediff.build import build_run
 
     run = build_run(tiny_config("erasediff", "train.nonfinite=skip_step", "method.inner_steps=2"))
     before = [p.detach().clone() for p in run.state.params]
@@ -225,7 +225,8 @@ def test_skip_step_inside_erasediffs_inner_loop_restores_theta(tmp_path, monkeyp
 def test_evaluate_and_unlearn_refuse_a_nan_model(tmp_path, reference):
     from erasediff.backbones import build_backbone
     from erasediff.evaluate import load_eval_model
-    from erasediff.loop import build_run, resolve_device
+    from erasediff.build import build_run
+    from erasediff.device import resolve_device
 
     cfg = tiny_config("pretrain", f"model.pretrained={reference}")
     backbone = build_backbone(cfg, resolve_device("cpu"))
@@ -306,7 +307,7 @@ def test_resume_of_a_finished_run_writes_nothing_and_extending_accumulates_time(
 
 def test_time_based_checkpoints(tmp_path, capsys, monkeypatch):
     """train.checkpoint_minutes saves whenever that much time has passed (a clock that jumps a minute per read)."""
-    import erasediff.loop as loop
+    import erasediff.run as loop
 
     clock = {"t": 0.0}
 

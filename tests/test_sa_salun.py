@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from erasediff.backbones.class_cond import ClassConditionalBackbone
 from erasediff.config import config_from_text
 from erasediff.errors import ErasediffError
-from erasediff.loop import build_run
+from erasediff.build import build_run
 from erasediff.methods import salun as salun_module
 from erasediff.methods.salun import compute_saliency_mask, top_fraction_mask
 from erasediff.methods.selective_amnesia import compute_fisher, fisher_diagonal, fisher_timestep_grid

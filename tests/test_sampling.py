@@ -10,7 +10,7 @@ import torch
 from helpers import REPO, SMOKE, TINY, tiny_config
 
 from erasediff.errors import ErasediffError
-from erasediff.loop import build_run
+from erasediff.build import build_run
 from erasediff.samplers import class_noise, sample_classes
 from erasediff.sampling import read_samples, sample_to_folder
 

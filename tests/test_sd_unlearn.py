@@ -22,7 +22,7 @@ def sd_config(name: str, pipeline: Path, data: Path, *overrides: str):
 
 def unlearn(cfg, run_dir: Path):
     """Run `cfg` for its 2 steps; return (run, names of the UNet parameters that changed)."""
-    from erasediff.loop import build_run
+    from erasediff.build import build_run
     from erasediff.rundir import claim_run_dir
 
     run = build_run(cfg, progress=False)

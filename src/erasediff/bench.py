@@ -28,7 +28,8 @@ def _bench_one(config: str, overrides: list[str], warmup: int, steps: int) -> di
     """Run in a fresh process: prepare `config` and time `steps` outer steps after `warmup` ones."""
     import torch
 
-    from .loop import build_run, peak_memory_mib
+    from .build import build_run
+    from .run import peak_memory_mib
 
     cfg = load_config(config, overrides)
     run = build_run(cfg, progress=False)

@@ -20,7 +20,13 @@ import torch
 
 from .config import RunConfig
 from .data import dataset_from_config
-from .metrics import accuracy_metrics, classifier_outputs, save_classifier, train_classifier
+from .device import resolve_device
+from .metrics import (
+    accuracy_metrics,
+    classifier_outputs,
+    save_classifier,
+    train_classifier,
+)
 
 
 def _stack(data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +47,6 @@ def train_eval_classifier(cfg: RunConfig, out: Path, progress: bool = True,
     """
     d, c = cfg.data, cfg.classifier
     if device is None:
-        from .loop import resolve_device  # late import: the training loop pulls in diffusers
-
         device = resolve_device(cfg.device)
     device = torch.device(device)
     train = dataset_from_config(d, "train", hflip=False)  # augmentation happens in train_classifier

@@ -17,10 +17,11 @@ from typing import Any
 
 from .classifier_training import train_eval_classifier
 from .config import RunConfig, load_config
+from .device import resolve_device
 from .errors import ErasediffError
 from .evaluate import class_rows, evaluate, save_rows_png
-from .loop import resolve_device, train
 from .files import write_json
+from .loop import train
 from .rundir import CONFIG
 
 

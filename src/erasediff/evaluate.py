@@ -22,6 +22,7 @@ from .backbones import Backbone, build_backbone
 from .checkpoint import check_finite_weights, resolve_pretrained
 from .config import RunConfig
 from .data import dataset_from_config, images_of_classes
+from .device import resolve_device
 from .errors import ConfigError, ErasediffError, first_line
 from .metrics import (
     EvalQuirks,
@@ -171,8 +172,6 @@ def evaluate(
     instead of in memory. reference: the model weight_distance compares to (Retrain).
     Returns (metrics, images (N, C, H, W) in [-1, 1], labels (N,)). Raises before sampling on bad input.
     """
-    from .loop import resolve_device
-
     e, forget = cfg.evaluate, list(cfg.data.forget_classes)
     wanted = set(e.metrics)
     classifier_dir = classifier_dir or e.classifier

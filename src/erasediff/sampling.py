@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import RunConfig, to_dict
+from .device import resolve_device
 from .errors import ErasediffError
 from .files import atomic_write_text, write_json
 from .rundir import FolderClaim
@@ -105,7 +106,6 @@ def sample_to_folder(
 
     from .backbones import build_backbone
     from .evaluate import load_eval_model
-    from .loop import resolve_device
     from .samplers import class_noise, sample_unit, sampling_units
 
     root = Path(root)

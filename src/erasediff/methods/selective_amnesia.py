@@ -64,7 +64,7 @@ from .base import Method, MethodData, TrainState
 
 if TYPE_CHECKING:
     from ..backbones.base import Backbone
-    from ..loop import Run
+    from ..run import Run
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def prepare_model_and_data(cfg: RunConfig, out: Path) -> Run:
 
     The method is not set up (`setup_method=False`): SA / SalUn setup reads the very file being computed.
     """
-    from ..loop import build_run  # late: the loop imports this package
+    from ..build import build_run  # late: building imports this package
 
     return build_run(cfg, setup_method=False)
 
