@@ -1,13 +1,25 @@
-"""Classifier-free guidance in one batched pass, and deterministic samplers."""
+"""The one sampler (docs/evaluation.md "Sampling for evaluation"): classifier-free guidance in one batched
+pass, deterministic samplers, a stop after k steps, and decoding in the backbone's space (pixels, latents)."""
 
-from dataclasses import replace
+import os
+from pathlib import Path
 
 import pytest
 import torch
+from sd_fixtures import nudity_folder, tiny_pipeline  # noqa: F401  (pytest fixtures)
 
 from erasediff.backbones.class_cond import ClassConditionalBackbone
-from erasediff.config import ArchConfig, DiffusionConfig, SampleConfig
-from erasediff.samplers import sample_classes
+from erasediff.config import ArchConfig, DiffusionConfig, SampleConfig, load_config
+from erasediff.samplers import (
+    class_noise,
+    sample,
+    sample_classes,
+    sampling_timesteps,
+    unit_generator,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SD_SMOKE = Path(__file__).resolve().parents[1] / "StableDiffusion" / "configs" / "smoke"
 
 ARCH = ArchConfig(
     sample_size=8, in_channels=1, out_channels=1, num_classes=10, block_out_channels=(16, 32),
@@ -83,7 +95,8 @@ def test_samplers_are_deterministic(setup, cfg):
     assert torch.equal(a, b) and torch.equal(la, lb)
     assert a.shape == (len(classes) * n, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
     assert not a.requires_grad
-    c, _ = sample_classes(bb, model, classes, n, (1, 8, 8), replace(cfg, seed=cfg.seed + 1), progress=False)
+    c, _ = sample_classes(bb, model, classes, n, (1, 8, 8), cfg.model_copy(update={"seed": cfg.seed + 1}),
+                          progress=False)
     assert not torch.equal(a, c)
 
 
@@ -94,3 +107,46 @@ def test_same_noise_per_class_whatever_else_is_sampled(setup):
     many, labels = sample_classes(bb, model, [0, 3, 5], 3, (1, 8, 8), cfg, progress=False)
     # batch composition changes float rounding only (~1e-4 after 3x guidance), not the noise
     torch.testing.assert_close(many[labels == 3], only3, atol=1e-3, rtol=0)
+
+
+def test_stop_after_k_steps_and_the_pixel_decode(setup):
+    bb, model = setup
+    cfg = SampleConfig(sampler="ddim", steps=4, guidance=2.0)
+    noise = torch.randn(3, *bb.sample_shape, generator=torch.Generator().manual_seed(0))
+    c = torch.tensor([1, 4, 4])
+    full = sample(bb, model, c, noise, cfg)
+    assert torch.equal(sample(bb, model, c, noise, cfg, stop_after=4), full)  # all n steps: x_0, undecoded
+    assert torch.equal(sample(bb, model, c, noise, cfg, stop_after=0), noise)
+    partial = [sample(bb, model, c, noise, cfg, stop_after=k) for k in (1, 2, 3)]
+    assert all(not torch.equal(a, b) for a, b in zip([noise, *partial], [*partial, full]))
+    with pytest.raises(ValueError, match=r"stop_after must be in \[0, 4\]"):
+        sample(bb, model, c, noise, cfg, stop_after=5)
+    assert sampling_timesteps(bb, cfg).tolist() == [750, 500, 250, 0]  # "leading" spacing, T/n apart
+    # pixels are images: the pixel decode only clamps, and only the final images are clamped
+    assert full.abs().max() > 1 and torch.equal(bb.decode(full), full.clamp(-1, 1))
+    assert bb.sample_shape == (1, 8, 8)
+    model.train()  # the sampler runs the model in eval mode and gives its mode back
+    torch.testing.assert_close(sample(bb, model, c, noise, cfg), full, atol=0, rtol=0)
+    assert model.training
+    model.eval()
+
+
+def test_latent_model_samples_latents_and_decodes_them_with_the_vae(tiny_pipeline, nudity_folder):
+    """Stable Diffusion through the same sampler: noise of the latent shape, prompt ids as conditions,
+    the VAE decodes unclamped latents; image i of prompt c does not depend on the other prompts sampled."""
+    from erasediff.backbones import build_backbone
+
+    cfg_run = load_config(SD_SMOKE / "erasediff_u.yaml", [f"model.pretrained={tiny_pipeline}", f"data.root={nudity_folder}"])
+    bb = build_backbone(cfg_run, torch.device("cpu"))
+    model = bb.load_model(str(tiny_pipeline))
+    cfg = SampleConfig(sampler="ddim", steps=3, guidance=4.0, guidance_convention="diffusers", batch_size=2)
+    images, labels = sample_classes(bb, model, [0, 2], 3, bb.sample_shape, cfg, progress=False)
+    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 0, 2, 2, 2]
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0
+    alone, _ = sample_classes(bb, model, [2], 3, bb.sample_shape, cfg, progress=False)
+    assert torch.equal(alone, images[3:])
+    # the first unit of prompt 2 by hand: its class noise in latent space, the unit's generator, the VAE
+    noise = class_noise([2], 3, bb.sample_shape, cfg.seed)[:2]
+    z = sample(bb, model, torch.tensor([2, 2]), noise, cfg, generator=unit_generator(cfg.seed, 2, 0, bb.device))
+    assert z.shape == (2, *bb.sample_shape) == (2, 4, 8, 8) and z.abs().max() > 1  # latents are never clamped
+    assert torch.equal(bb.decode(z), images[3:5])

@@ -41,10 +41,11 @@ from .errors import ErasediffError, Interrupted, NonFiniteStep, RunStopped
 from .files import atomic_write_text, fix_modes, json_text, write_json
 from .methods import Method, MethodData, TrainState
 from .rundir import COMPLETE, CONFIG, RunDirClaim, checkpoints_newest_first
+from .samplers import sample_classes
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, Any]:
-    """Peak memory of the training steps (PAPER.md Table 2 "Memory"): on CUDA the peak of allocated tensors
+    """Peak memory of the training steps (the paper's Table 2 "Memory"): on CUDA the peak of allocated tensors
     since the loop started (torch.cuda.max_memory_allocated); on CPU the process's peak resident set size
     (everything the process ever held, setup included: an upper bound)."""
     if device.type == "cuda":
@@ -144,8 +145,9 @@ class Run:
         classes = list(range(min(self.dataset.num_classes, 10)))
         use_ema = s.ema is not None and cfg.sample.use_ema
         ctx = s.ema.swapped() if use_ema else nullcontext()
-        with ctx:  # the backbone samples in its own space (pixels, or latents it decodes)
-            images = s.backbone.sample_images(s.model, classes, cfg.sample.grid_per_class, cfg.sample, self.dataset.image_size)
+        with ctx:  # the one sampler, in the backbone's space (pixels, or latents it decodes)
+            images, _ = sample_classes(s.backbone, s.model, classes, cfg.sample.grid_per_class, s.backbone.sample_shape,
+                                       cfg.sample, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         save_image(make_grid(images, nrow=cfg.sample.grid_per_class, normalize=True, value_range=(-1, 1)), tmp,

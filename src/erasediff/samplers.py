@@ -1,13 +1,23 @@
-"""DDPM ancestral and DDIM sampling with classifier-free guidance, on diffusers schedulers.
+"""The one sampler of every model family: DDPM ancestral and DDIM with classifier-free guidance.
 
-The reverse step is the scheduler's own (`DDPMScheduler.step`, `DDIMScheduler.step`); this module only
-adds the guided ε (one batched forward per step, `Backbone.guided_eps`) and fixes the randomness:
-the result is a deterministic function of (model, conditions, initial noise, generator).
+`sample` is the project's only denoising loop. The evaluation samples (`sampling.py`, `evaluate.py`),
+the loop's sample grids (`Run.sample_grid`), a generated D_r (`build.generated_remain`), Selective
+Amnesia's replay (all through `sample_classes` / `sample_unit`) and ESD's partial trajectories
+(`stop_after`, docs/baselines.md "ESD") run it. What differs between the families, the backbone says:
+- `sample_shape`: (C, h, w) of a model input: an image for the pixel DDPMs, a VAE latent for Stable
+  Diffusion (4, S/8, S/8);
+- `condition_for_classes`: class ids -> the model's conditions (class ids, or prompt ids);
+- `guided_eps`: classifier-free guidance in ONE batched forward (conditional and null stacked), in the
+  `sa` (1+w)·ε_c − w·ε_∅ or `diffusers` ε_∅ + w·(ε_c − ε_∅) convention;
+- `decode`: model space -> images in [-1, 1] (a clamp for pixel models, the VAE for latents).
 
-Settings follow the peers (PAPER.md §4.1, §7.12): SA's "generalized" sampler with 1000 steps and η = 1 is
-DDPM-like ancestral sampling; DDIM uses "leading" timestep spacing (SA's "skip uniform") and ᾱ = 1 at
-the end. By default `clip_sample=False`: clipping x̂0 inside DDIM with CFG badly degrades samples at
-50–100 steps (CPU-NOTES.md); only the final images are clamped to [-1, 1]. `sample.clip_denoised`
+The reverse step is the scheduler's own (`DDPMScheduler.step`, `DDIMScheduler.step`); this module adds
+the guided ε and fixes the randomness: image i of class c is a function of (model, sample config, c, i)
+alone (docs/evaluation.md "The evaluation noise"). Settings follow the peers (docs/evaluation.md
+"Sampling for evaluation"): SA's "generalized" sampler with 1000 steps and η = 1 is DDPM-like ancestral
+sampling; DDIM uses "leading" timestep spacing (SA's "skip uniform") and ᾱ = 1 at the end. By default
+`clip_sample=False`: clipping x̂0 inside DDIM with CFG badly degrades samples at 50–100 steps
+(docs/cpu.md "Sampler pitfalls"); only the final images are clamped, by `decode`. `sample.clip_denoised`
 turns x̂0 clipping on (see SampleConfig).
 """
 
@@ -42,7 +52,12 @@ def make_scheduler(backbone: Backbone, cfg: SampleConfig) -> DDIMScheduler | DDP
     return sched
 
 
-@torch.inference_mode()
+def sampling_timesteps(backbone: Backbone, cfg: SampleConfig) -> torch.Tensor:
+    """The timesteps τ_0 > τ_1 > … that `sample` visits ((n,) int64; n = cfg.steps for DDIM, T for DDPM)."""
+    return make_scheduler(backbone, cfg).timesteps
+
+
+@torch.no_grad()
 def sample(
     backbone: Backbone,
     model: nn.Module,
@@ -51,26 +66,36 @@ def sample(
     cfg: SampleConfig,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    *,
+    stop_after: int | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from `noise` (B, C, H, W) ~ N(0, I) for conditions `cond` (B,).
+    """Run the reverse process from `noise` (B, *backbone.sample_shape) ~ N(0, I) for conditions `cond` (B,).
 
+    Returns x (B, *sample_shape) in the model's space (pixels or latents), neither decoded nor clamped
+    (`backbone.decode` makes images of it): x_0 after the whole schedule, or with `stop_after` = k
+    (0 ≤ k ≤ n) x after the first k steps, i.e. at the noise level of `sampling_timesteps(...)[k]`
+    (ESD's partial trajectory, docs/baselines.md "ESD"; k = 0 returns the noise).
     `generator` drives the per-step noise of DDPM / DDIM with η > 0 (unused for DDIM η = 0).
-    Returns images (B, C, H, W) clamped to [-1, 1].
+    Runs without gradients under `torch.no_grad` (not inference mode: ESD trains on the result) and
+    with the model in eval mode (its mode is restored after).
     """
     sched = make_scheduler(backbone, cfg)
+    timesteps = sched.timesteps
+    if stop_after is not None:
+        if not 0 <= stop_after <= len(timesteps):
+            raise ValueError(f"stop_after must be in [0, {len(timesteps)}] (the schedule's steps), got {stop_after}")
+        timesteps = timesteps[:stop_after]
+    step_kw = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
     x = noise.to(backbone.device)
     was_training = model.training
     model.eval()
     n = x.shape[0]
-    for t in tqdm(sched.timesteps, desc="sampling", leave=False, disable=not progress):
+    for t in tqdm(timesteps, desc="sampling", leave=False, disable=not progress):
         t_batch = torch.full((n,), int(t), dtype=torch.long, device=x.device)
         eps = backbone.guided_eps(model, x, t_batch, cond, cfg)
-        if cfg.sampler == "ddpm":
-            x = sched.step(eps, t, x, generator=generator).prev_sample
-        else:
-            x = sched.step(eps, t, x, eta=cfg.eta, generator=generator).prev_sample
+        x = sched.step(eps, t, x, generator=generator, **step_kw).prev_sample
     model.train(was_training)
-    return x.clamp(-1, 1)
+    return x
 
 
 def class_noise(classes: list[int], n_per_class: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -102,15 +127,15 @@ def unit_generator(seed: int, c: int, start: int, device: torch.device) -> torch
 
 
 def sample_unit(backbone: Backbone, model: nn.Module, c: int, start: int, stop: int, noise_c: torch.Tensor,
-                shape: tuple[int, ...], cfg: SampleConfig) -> torch.Tensor:
-    """Images start..stop−1 of class c: (stop−start, C, H, W) in [-1, 1] on the CPU.
+                cfg: SampleConfig) -> torch.Tensor:
+    """Images start..stop−1 of class c: (stop−start, C, H, W) in [-1, 1] on the CPU, decoded by the backbone.
 
-    noise_c: (≥ stop, C, H, W) = class_noise([c], ≥ stop, shape, cfg.seed) (a prefix of the class's noise
-    stream, so any n ≥ stop gives the same rows).
+    noise_c: (≥ stop, *backbone.sample_shape) = class_noise([c], ≥ stop, shape, cfg.seed) (a prefix of the
+    class's noise stream, so any n ≥ stop gives the same rows).
     """
     cond = backbone.condition_for_classes(torch.full((stop - start,), c, dtype=torch.long))
     gen = unit_generator(cfg.seed, c, start, backbone.device)
-    return sample(backbone, model, cond, noise_c[start:stop], cfg, generator=gen).cpu()
+    return backbone.decode(sample(backbone, model, cond, noise_c[start:stop], cfg, generator=gen)).cpu()
 
 
 def sample_classes(
@@ -124,6 +149,7 @@ def sample_classes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`n_per_class` images for each class, in single-class batches of ≤ `cfg.batch_size`, on fixed noise.
 
+    shape: (C, h, w) of the initial noise, the backbone's `sample_shape` for every caller in the package.
     Returns (images (N, C, H, W) in [-1, 1] on the CPU, labels (N,) int64) with N = len(classes)·n,
     grouped by class in the order given. Deterministic for a given `cfg.seed` (see `sampling_units`).
     """
@@ -134,7 +160,7 @@ def sample_classes(
     for c, start, stop in sampling_units(classes, n_per_class, cfg.batch_size):
         if c not in noise:
             noise = {c: class_noise([c], n_per_class, shape, cfg.seed)}
-        out.append(sample_unit(backbone, model, c, start, stop, noise[c], shape, cfg))
+        out.append(sample_unit(backbone, model, c, start, stop, noise[c], cfg))
         bar.update(stop - start)
     bar.close()
     return torch.cat(out), labels

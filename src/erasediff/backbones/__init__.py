@@ -19,7 +19,7 @@ def build_backbone(cfg: RunConfig, device: torch.device) -> Backbone:
         from .stable_diffusion import StableDiffusionBackbone
 
         return StableDiffusionBackbone(cfg, device)
-    return BACKBONES[cfg.model.backbone](cfg.diffusion, cfg.model.arch, device)
+    return BACKBONES[cfg.model.backbone](cfg.diffusion, cfg.model.arch, device, image_size=cfg.data.image_size)
 
 
 __all__ = ["Backbone", "BACKBONES", "ClassConditionalBackbone", "UnconditionalBackbone", "build_backbone"]

@@ -1,9 +1,10 @@
-"""The backbone adapter: everything a method may ask of a model family (DESIGN.md "Two abstractions").
+"""The backbone adapter: everything a method may ask of a model family (docs/architecture.md, abstractions).
 
 Methods never test which dataset or model family they run on. Pixels vs latents and class ids vs
 prompts live here: `encode` turns a data batch into (x0, cond), `predict` runs the network,
-`other_condition` / `null_condition` give the conditions the methods need, and
-`trainable_parameters` chooses what trains.
+`other_condition` / `null_condition` give the conditions the methods need, `sample_shape` and
+`decode` are the model's space for the one sampler (`samplers.sample`), and `trainable_parameters`
+chooses what trains.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from ..errors import ConfigError
 class Backbone:
     """Base adapter: noise schedule, timesteps and classifier-free guidance shared by every family.
 
-    Subclasses implement `encode`, `predict`, `condition_for_classes`, `null_condition`,
-    `other_condition`, `drop_condition`, `build_model` and `load_model`.
+    Subclasses set `sample_shape` and implement `encode`, `decode`, `predict`, `condition_for_classes`,
+    `null_condition`, `other_condition`, `drop_condition`, `build_model` and `load_model`.
     """
 
     #: True when the model takes a condition (class id / prompt) and supports CFG.
     conditional: bool = False
+    #: (C, h, w) of a model input, what `samplers.sample` draws its noise in: an image, or a latent
+    sample_shape: tuple[int, int, int]
 
     def __init__(self, diffusion: DiffusionConfig, device: torch.device):
         self.device = device
         self.diffusion = diffusion
-        # DDPMScheduler holds the β schedule and ᾱ_t; its add_noise is Eq. (forward process) of PAPER.md §1.
+        # DDPMScheduler holds the β schedule and ᾱ_t; its add_noise is the forward process (docs/method.md "Notation").
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=diffusion.num_train_timesteps,
             beta_schedule=diffusion.beta_schedule,
@@ -57,6 +60,10 @@ class Backbone:
 
     # --------------------------------------------------------------------------- family-specific
     def encode(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space (B, *sample_shape) -> images (B, C, H, W) in [-1, 1] (the end of `samplers.sample_unit`)."""
         raise NotImplementedError
 
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -85,11 +92,6 @@ class Backbone:
         raise NotImplementedError
 
     def load_model(self, directory: str, **kwargs: Any) -> nn.Module:
-        raise NotImplementedError
-
-    def sample_images(self, model: nn.Module, classes: list[int], n_per_class: int, sample_cfg: SampleConfig,
-                      image_size: int | None = None) -> torch.Tensor:
-        """`n_per_class` pixel images per class (N, C, H, W) in [-1, 1] on the CPU (the loop's sample grids)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------- shared behaviour
@@ -122,23 +124,25 @@ class Backbone:
 
 
 class PixelBackbone(Backbone):
-    """Shared by the pixel-space DDPM families: batches are (images, class ids), used as they are."""
+    """Shared by the pixel-space DDPM families: batches are (images, class ids), used as they are.
 
-    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device):
+    image_size: side of the images (`data.image_size`; None = `arch.sample_size`), so that
+    sample_shape = (arch.in_channels, image_size, image_size).
+    """
+
+    def __init__(self, diffusion: DiffusionConfig, arch: ArchConfig, device: torch.device,
+                 image_size: int | None = None):
         super().__init__(diffusion, device)
         self.arch = arch
         self.num_classes = arch.num_classes
+        size = image_size or arch.sample_size
+        self.sample_shape = (arch.in_channels, size, size)
 
     def encode(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """batch = (images (B,C,H,W) in [-1,1], labels (B,) int64) -> (x0, cond) on the device."""
         images, labels = batch
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
-    def sample_images(self, model: nn.Module, classes: list[int], n_per_class: int, sample_cfg: SampleConfig,
-                      image_size: int | None = None) -> torch.Tensor:
-        """Pixel sampling on the evaluation noise (`samplers.sample_classes`), image_size default arch.sample_size."""
-        from ..samplers import sample_classes  # late: samplers import this module
-
-        size = image_size or self.arch.sample_size
-        shape = (self.arch.in_channels, size, size)
-        return sample_classes(self, model, classes, n_per_class, shape, sample_cfg, progress=False)[0]
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels are images already: x (B, C, H, W) clamped to [-1, 1] (docs/evaluation.md "Sampling for evaluation")."""
+        return x.clamp(-1, 1)

@@ -1,4 +1,4 @@
-"""Class-conditional pixel-space DDPM (SA-compatible UNet, PEERS.md §11): conditions are class ids.
+"""Class-conditional pixel-space DDPM (SA-compatible UNet, docs/peers.md): conditions are class ids.
 
 cond: (B,) int64 in [0, K]; K = num_classes is the learned null class used for classifier-free
 guidance (its row of the class table is trained by label dropout, p_uncond = 0.1).
@@ -6,7 +6,6 @@ guidance (its row of the class table is trained by label dropout, p_uncond = 0.1
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ class ClassConditionalBackbone(PixelBackbone):
         """A uniformly random class ≠ c for every sample: c' = (c + U{1..K−1}) mod K.
 
         (The official code draws one label in {1..9} for the whole batch and never checks it
-        against c_f, PAPER.md §1.2(b); this version is always a different class.)
+        against c_f, docs/method.md "Forgetting targets"; this version is always a different class.)
         """
         shift = torch.randint(1, self.num_classes, cond.shape, generator=generator, device=generator.device)
         return (cond + shift.to(cond.device)) % self.num_classes
@@ -39,7 +38,7 @@ class ClassConditionalBackbone(PixelBackbone):
         return classes.to(self.device, dtype=torch.long)
 
     def build_model(self) -> nn.Module:
-        return ClassConditionalUNet(**asdict(self.arch))
+        return ClassConditionalUNet(**self.arch.model_dump())
 
     def load_model(self, directory: str, **kwargs: Any) -> nn.Module:
         return ClassConditionalUNet.from_pretrained(directory, **kwargs)

@@ -1,4 +1,4 @@
-"""Stable Diffusion v1.4 on diffusers (PAPER.md §1.2(c), §4.4-4.5): VAE latents, CLIP text, UNet ε.
+"""Stable Diffusion v1.4 on diffusers (docs/experiments.md "Table 4", "Nudity"): VAE latents, CLIP text, UNet ε.
 
 What the methods see (the same interface as the pixel families):
 - batches are (images (B, 3, S, S) in [-1, 1], prompt ids (B,)) from the `prompt_folder` dataset;
@@ -8,12 +8,13 @@ What the methods see (the same interface as the pixel families):
   (a (P+2, 77, D) table, D = 768 for SD v1.4); the text encoder is then freed. `predict` looks the
   ids up and calls the UNet with encoder_hidden_states = table[ids]. So `null_condition`,
   `drop_condition`, `other_condition` (= the surrogate, EraseDiff's target prompt c_s) and
-  `condition_for_classes` (prompt indices) are id arithmetic, and CFG batches cat ids.
+  `condition_for_classes` (prompt indices) are id arithmetic, and CFG batches cat ids;
+- `sample_shape` = (4, S/8, S/8) latents for the one sampler (`samplers.sample`), `decode` the VAE.
 Only the UNet trains; the VAE and the embeddings are frozen. The saved model/ of a run is a plain
 `UNet2DConditionModel` folder: `StableDiffusionPipeline.from_pretrained(base,
 unet=UNet2DConditionModel.from_pretrained(run/"model"))` loads it.
 
-Trainable parameters in diffusers names (PEERS.md §4(b)), `model.trainable`:
+Trainable parameters in diffusers names (docs/peers.md "ESD"), `model.trainable`:
 - `xattn`    names containing `attn2` (cross-attention to_q/to_k/to_v/to_out.0; ESD-x, EraseDiff-x);
 - `noxattn`  everything except `attn2`, the time embedding (`time_embedding.*`) and the output layers
              (`conv_norm_out.*`, `conv_out.*`) — CompVis' `out.` filter matches nothing in diffusers,
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig, SampleConfig
+from ..config import RunConfig
 from ..errors import ConfigError, ErasediffError, first_line
 from .base import Backbone
 
@@ -193,7 +194,8 @@ class StableDiffusionBackbone(Backbone):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, 4, h, w) -> images (B, 3, 8h, 8w) in [-1, 1] (float32)."""
+        """Scaled latents (B, 4, h, w) -> images (B, 3, 8h, 8w) in [-1, 1] (float32). Latents are never
+        clamped; only the decoded images are."""
         x = self.vae.decode((z / self.scaling_factor).to(self.vae_dtype)).sample
         return x.float().clamp(-1, 1)
 
@@ -212,7 +214,8 @@ class StableDiffusionBackbone(Backbone):
         return torch.full((n,), self.null_id, dtype=torch.long, device=self.device)
 
     def other_condition(self, cond: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The surrogate prompt c_s for every sample (PAPER.md §1.2(c)); deterministic, `generator` unused."""
+        """The surrogate prompt c_s for every sample (docs/method.md "Forgetting targets"); deterministic,
+        `generator` unused."""
         if self.surrogate_id is None:
             raise ConfigError("this method's forgetting target needs a surrogate prompt: set model.sd.surrogate_prompt "
                               "(e.g. 'a person wearing clothes')")
@@ -227,33 +230,3 @@ class StableDiffusionBackbone(Backbone):
         if not named:
             raise ConfigError(f"model.trainable '{mode}' selects no parameter of this UNet")
         return named
-
-    # ------------------------------------------------------------------------------ sampling
-    @torch.inference_mode()
-    def sample_images(self, model: nn.Module, classes: list[int], n_per_class: int, cfg: SampleConfig,
-                      image_size: int | None = None) -> torch.Tensor:
-        """`n_per_class` images per prompt id (the loop's sample grids): guided DDIM in latent space, decoded.
-
-        image_size is unused: the latent size follows data.image_size and the VAE (`sample_shape`).
-
-        Same noise convention as `samplers.sample_classes` (per-class seeded noise). Latents are not
-        clamped (only pixel models clamp). Returns (N, 3, S, S) in [-1, 1] on the CPU.
-        """
-        from ..samplers import class_noise, make_scheduler
-
-        noise = class_noise(classes, n_per_class, self.sample_shape, cfg.seed)
-        ids = torch.tensor(classes, dtype=torch.long).repeat_interleave(n_per_class)
-        was_training = model.training
-        model.eval()
-        out = []
-        step_kw = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
-        for start in range(0, len(ids), cfg.batch_size):
-            sched = make_scheduler(self, cfg)
-            z = noise[start : start + cfg.batch_size].to(self.device)
-            cond = ids[start : start + cfg.batch_size].to(self.device)
-            for t in sched.timesteps:
-                t_batch = torch.full((z.shape[0],), int(t), dtype=torch.long, device=self.device)
-                z = sched.step(self.guided_eps(model, z, t_batch, cond, cfg), t, z, **step_kw).prev_sample
-            out.append(self.decode(z).cpu())
-        model.train(was_training)
-        return torch.cat(out)

@@ -1,4 +1,4 @@
-"""Unconditional pixel-space DDPM on diffusers' `UNet2DModel` (PAPER.md §4.3).
+"""Unconditional pixel-space DDPM on diffusers' `UNet2DModel` (docs/experiments.md "Unconditional DDPM and CelebA-HQ").
 
 On a user's machine `model.pretrained` can name `google/ddpm-cifar10-32` or
 `google/ddpm-ema-celebahq-256` (loaded with `from_pretrained`). The data labels still define D_f

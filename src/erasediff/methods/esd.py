@@ -1,10 +1,11 @@
 """ESD (Gandikota et al., ICCV 2023, "Erasing Concepts from Diffusion Models"): negative-guidance distillation.
 
-Per step (PAPER.md §3 "ESD-x / ESD-u" row; PEERS.md §4(b)), for the forget prompts c of a D_f batch
-(only the batch's prompt ids are used, never its images):
-  1. z_T ~ N(0, I) of the model's sample shape ((B, 4, 64, 64) for SD v1.4 at 512 px); k ~ U{0..n−1};
-     run k guided DDIM steps (of n = `ddim_steps`, guidance `start_guidance` in the diffusers
-     convention ε_∅ + s(ε_c − ε_∅)) from z_T with prompt c, without gradients, using the model being
+Per step (docs/baselines.md "ESD"), for the forget prompts c of a D_f batch (only the batch's prompt
+ids are used, never its images):
+  1. k ~ U{0..n−1}; z_T ~ N(0, I) of the backbone's `sample_shape` ((B, 4, 64, 64) for SD v1.4 at
+     512 px); the project's one sampler (`samplers.sample`, `stop_after=k`) runs the first k guided
+     DDIM steps (of n = `ddim_steps`, guidance `start_guidance` in the diffusers convention
+     ε_∅ + s(ε_c − ε_∅), η = 0) from z_T with prompt c, without gradients, using the model being
      trained (`sample_with: current`, the CompVis code) or the frozen copy (`frozen`, the newer
      diffusers code). z is then at the noise level of the k-th DDIM timestep τ_k.
   2. t ~ U[τ_k, τ_k + T/n): the training timestep inside that DDIM step's bin.
@@ -23,22 +24,20 @@ rather than of the latent's noise level; here t always matches the noise level o
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
 from annotated_types import Ge
 
-from ..config import SampleConfig
+from ..config import MethodConfig, RunConfig, SampleConfig
 from ..errors import ConfigError
 from ..losses import eps_mse
 from . import register
 from .base import Method, MethodData, TrainState
 
 
-@dataclass(frozen=True)
-class ESDConfig:
-    name: str = "esd"
+class ESDConfig(MethodConfig):
+    name: Literal["esd"] = "esd"
     #: η of the target ε*(∅) − η[ε*(c) − ε*(∅)]
     negative_guidance: Annotated[float, Ge(0)] = 1.0
     #: first term of the target: `null` ε*(z,∅) (paper, CompVis code) or `concept` ε*(z,c) (diffusers code)
@@ -50,12 +49,11 @@ class ESDConfig:
     #: which UNet samples z: the one being trained (CompVis code) or the frozen copy (diffusers code)
     sample_with: Literal["current", "frozen"] = "current"
 
-    def check_run(self, run, path: str) -> None:
-        """Checks against the other sections (RunConfig.validate calls this)."""
+    def check_run(self, run: RunConfig) -> None:
         T = run.diffusion.num_train_timesteps
         if self.ddim_steps > T:
-            raise ConfigError(f"config key '{path}.ddim_steps' must be <= diffusion.num_train_timesteps = {T} "
-                              f"(got {self.ddim_steps})")
+            raise ValueError(f"config key 'method.ddim_steps' must be <= diffusion.num_train_timesteps = {T} "
+                             f"(got {self.ddim_steps})")
 
 
 @register
@@ -72,30 +70,23 @@ class ESD(Method):
                               f"'{state.cfg.model.backbone}' is not)")
         # frozen ε*: the starting weights, never trained (eval: no dropout)
         self.frozen = copy.deepcopy(state.model).eval().requires_grad_(False)
-        # shape of a model input (C, h, w): latent families expose it, else one encoded batch tells
-        shape = getattr(bb, "sample_shape", None)
-        self.shape = tuple(shape) if shape is not None else tuple(bb.encode(next(data.forget))[0].shape[1:])
         self.sample_cfg = SampleConfig(sampler="ddim", steps=self.cfg.ddim_steps, eta=0.0,
                                        guidance=self.cfg.start_guidance, guidance_convention="diffusers",
                                        clip_denoised=False)
 
-    @torch.no_grad()
     def partial_sample(self, state: TrainState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 1-2 of the module docstring: (z (B, *shape), t (B,) int64) for conditions `cond` (B,)."""
-        from ..samplers import make_scheduler  # late: keeps config validation free of the diffusers import
+        """Steps 1-2 of the module docstring: (z (B, *sample_shape), t (B,) int64) for conditions `cond` (B,).
+
+        Draws k, then z_T, then t from `state.generator`, in that order.
+        """
+        from ..samplers import sample, sampling_timesteps  # late: config validation imports no diffusers
 
         bb, gen, n = state.backbone, state.generator, self.cfg.ddim_steps
-        sched = make_scheduler(bb, self.sample_cfg)
         k = int(torch.randint(0, n, (1,), generator=gen, device=gen.device))
-        z = torch.randn((cond.shape[0], *self.shape), generator=gen, device=gen.device).to(bb.device)
+        z = torch.randn((cond.shape[0], *bb.sample_shape), generator=gen, device=gen.device).to(bb.device)
         sampler = state.model if self.cfg.sample_with == "current" else self.frozen
-        was_training = sampler.training
-        sampler.eval()
-        for tau in sched.timesteps[:k]:
-            t_batch = torch.full((z.shape[0],), int(tau), dtype=torch.long, device=bb.device)
-            z = sched.step(bb.guided_eps(sampler, z, t_batch, cond, self.sample_cfg), tau, z, eta=0.0).prev_sample
-        sampler.train(was_training)
-        lo = int(sched.timesteps[k])
+        z = sample(bb, sampler, cond, z, self.sample_cfg, stop_after=k)
+        lo = int(sampling_timesteps(bb, self.sample_cfg)[k])
         hi = min(lo + bb.num_timesteps // n, bb.num_timesteps)
         t = torch.randint(lo, max(hi, lo + 1), (cond.shape[0],), generator=gen, device=gen.device).to(bb.device)
         return z, t
