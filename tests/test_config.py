@@ -105,3 +105,46 @@ def test_shipped_configs_validate(path):
     if path.name == "base.yaml":
         pytest.skip("base files are completed by the experiment files")
     load_config(path)
+
+
+def test_booleans_are_not_numbers(tmp_path):
+    # pydantic's lax mode alone would read `steps: true` as 1 step
+    with pytest.raises(ConfigError, match=r"^config key 'train\.steps' must be int \(got True\)$"):
+        load_config(minimal(tmp_path), ["train.steps=true"])
+    with pytest.raises(ConfigError, match=r"^config key 'data\.forget_classes\[1\]' must be int \(got False\)$"):
+        load_config(minimal(tmp_path), ["data.forget_classes=[0, false]"])
+    assert load_config(minimal(tmp_path), ["train.ema_warmup=on"]).train.ema_warmup is True
+
+
+def test_method_section_is_the_registry_union(tmp_path):
+    import typing
+
+    from erasediff.config import RunConfig
+    from erasediff.methods import METHODS
+
+    cfg = load_config(minimal(tmp_path))
+    union = typing.get_args(RunConfig.model_fields["method"].annotation)
+    assert set(union) == {m.Config for m in METHODS.values()} and type(cfg.method) is METHODS["erasediff"].Config
+    with pytest.raises(ConfigError, match=r"unknown method 'neggrd'.*did you mean 'neggrad'\?\); valid methods: "
+                                          + ", ".join(sorted(METHODS)) + "$"):
+        load_config(minimal(tmp_path), ["method.name=neggrd"])
+
+
+def test_stable_diffusion_keys_need_that_backbone(tmp_path):
+    with pytest.raises(ConfigError, match=r"'model\.sd\.latent' applies to backbone stable_diffusion only"):
+        load_config(minimal(tmp_path), ["model.sd.latent=mean"])
+    with pytest.raises(ConfigError, match=r"'model\.trainable' = xattn applies to backbone stable_diffusion"):
+        load_config(minimal(tmp_path), ["model.trainable=xattn"])
+    sd = load_config(REPO / "StableDiffusion" / "configs" / "smoke" / "esd_x.yaml", ["model.sd.latent=mean"])
+    assert (sd.model.trainable, sd.model.sd.latent) == ("xattn", "mean")
+
+
+def test_configs_are_frozen_values(tmp_path):
+    from pydantic import ValidationError
+
+    a, b = load_config(minimal(tmp_path)), load_config(minimal(tmp_path))
+    assert a == b and hash(a) == hash(b) and a is not b
+    with pytest.raises(ValidationError, match="frozen"):
+        a.train.lr = 1.0
+    changed = a.model_copy(update={"seed": 5})
+    assert changed != a and changed.seed == 5 and a.seed == 0

@@ -8,10 +8,10 @@ import math
 import re
 import types
 import typing
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from erasediff.config import (
     RunConfig,
@@ -222,15 +222,17 @@ def test_new_train_keys_defaults():
 
 # ----------------------------------------------------------------------------- NaN and infinities
 def float_keys(cls, prefix: str) -> list[str]:
-    """Dotted keys of the float-typed fields of dataclass `cls` (nested sections, tuple entries as [i])."""
+    """Dotted keys of the float-typed fields of config section `cls` (nested sections, tuple entries as [i])."""
     out = []
-    for f in fields(cls):
-        out += _float_paths(typing.get_type_hints(cls)[f.name], f"{prefix}{f.name}")
+    for name, field in cls.model_fields.items():
+        out += _float_paths(field.annotation, f"{prefix}{name}")
     return out
 
 
 def _float_paths(tp, path: str) -> list[str]:
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _float_paths(typing.get_args(tp)[0], path)
     if origin in (typing.Union, types.UnionType):
         return [p for a in typing.get_args(tp) if a is not type(None) for p in _float_paths(a, path)]
     if origin is tuple:
@@ -238,7 +240,7 @@ def _float_paths(tp, path: str) -> list[str]:
         if len(args) == 2 and args[1] is Ellipsis:
             return _float_paths(args[0], f"{path}[0]")
         return [p for i, a in enumerate(args) for p in _float_paths(a, f"{path}[{i}]")]
-    if is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
         return float_keys(tp, f"{path}.")
     return [path] if tp is float else []
 

@@ -1,45 +1,44 @@
-"""YAML configs -> frozen, typed dataclasses.
+"""YAML configs -> frozen, typed pydantic models (docs/architecture.md, "Configs").
 
 One experiment = one YAML file. A file may name one `base:` file (a path relative to itself) whose
 keys it overrides; the merge is recursive for mappings, and lists/scalars are replaced. When a file
 changes `method.name`, the base's method section is dropped (its keys belong to another method).
 `--set a.b=value` overrides come last and are parsed with the same YAML rules.
 
-Validation happens here, before any model or dataset is built: an unknown key, a wrong type, an
-invalid choice or a number out of range raises `ConfigError` naming the dotted path and the valid keys,
-choices or range. Ranges are declared on the fields with `typing.Annotated` and the `annotated_types`
-constraints (Ge, Gt, Le, Lt, Interval, MinLen, MaxLen), e.g. `lr: Annotated[float, Gt(0)]`, and are
-checked after type conversion; every float-typed key must also be finite (NaN and ±inf are refused;
-a field could opt out with the `AllowNonFinite()` marker, none does). Checks across fields or
-sections live in the dataclasses' `validate(path)` methods (RunConfig.validate runs last).
-A YAML mapping that repeats a key is refused (PyYAML would silently keep the last one).
+Validation happens here, before any model or dataset is built, by pydantic v2: every section is a
+frozen `Section` model that refuses unknown keys (`extra="forbid"`) and non-finite floats
+(`allow_inf_nan=False`); ranges are `annotated_types` constraints in `Annotated` (Ge, Gt, Interval,
+MinLen), which pydantic enforces natively; checks across keys are `model_validator`s that raise
+ValueError with their one-line message. `method` is a discriminated union on `method.name` of the
+configs that the method modules register (erasediff.methods: a new method is one file plus one YAML).
+A failure becomes ONE ConfigError line naming the dotted key, the value and the valid choices, range
+or keys (with a close-match hint for a misspelt key): `_message` translates pydantic's errors.
 
-YAML quirks handled (DESIGN.md "Configs"): PyYAML follows YAML 1.1, so `1e-5` is read as the
-*string* "1e-5" and `no`/`yes`/`on`/`off` as booleans. Our loader uses YAML 1.2 rules instead:
-`1e-5` is a float, only true/false are booleans (so `no` stays a string), and a bool-typed key also
-accepts yes/no/on/off. A float-typed key accepts ints and numeric strings.
+YAML quirks: PyYAML follows YAML 1.1, so `1e-5` is read as the *string* "1e-5" and `no`/`yes`/`on`/
+`off` as booleans. Our loader uses YAML 1.2 rules instead: `1e-5` is a float and only true/false are
+booleans (so `no` stays a string). A bool-typed key accepts pydantic's boolean words (yes/no, on/off,
+true/false, 1/0); a number key accepts ints and numeric strings but never a boolean. A YAML mapping
+that repeats a key is refused (PyYAML would silently keep the last one).
 
-Why one file over 300 lines: the schema and the engine that reads it (coercion, ranges, merging,
-the YAML loader) change together; the engine is slated to move onto a maintained library (pydantic
-or OmegaConf), which will shrink this file to the schema alone.
+Why one file over 300 lines: it is the whole schema (every section's documented keys, ranges and
+cross-key checks), plus the small parts pydantic does not provide: the YAML 1.2 reader, `base:`
+includes with `--set` overrides, and the one-line wording of pydantic's errors.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 
-import annotated_types
 import yaml
-from annotated_types import Ge, Gt, Interval, MinLen
+from annotated_types import Ge, Gt, Interval, Le, Lt, MinLen
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, first_line
 
@@ -127,19 +126,37 @@ def yaml_dump(data: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ config schema
-class AllowNonFinite:
-    """`Annotated` marker: this float key accepts NaN and ±inf (by default every float must be finite)."""
+def _mentions_bool(tp: Any) -> bool:
+    """Whether type hint `tp` (through Optional, Annotated, tuple) admits a bool."""
+    return tp is bool or any(_mentions_bool(arg) for arg in typing.get_args(tp))
 
-    def __repr__(self) -> str:
-        return "AllowNonFinite()"
+
+class Section(BaseModel):
+    """A config section: frozen (hashable, compared by value); unknown keys and NaN/±inf refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, data: Any) -> Any:
+        """Refuse true/false (alone or in a list) for a key whose type has no bool: pydantic's lax mode
+        would read `steps: true` as 1. The error carries the key, as a model validator's has no field."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                items = value if isinstance(value, list) else [value]
+                hit = next((i for i, v in enumerate(items) if isinstance(v, bool)), None)
+                if field is not None and hit is not None and not _mentions_bool(field.annotation):
+                    raise PydanticCustomError("bool_not_number", "a boolean where no boolean is valid", {
+                        "key": key, "index": hit if isinstance(value, list) else None, "value": items[hit]})
+        return data
 
 
 #: a seed of torch.Generator; below 2**32 so the derived seeds (seed * 1_000_003 + epoch, ...) fit in 64 bits
 Seed = Annotated[int, Interval(ge=0, lt=2**32)]
 
 
-@dataclass(frozen=True)
-class ArchConfig:
+class ArchConfig(Section):
     """UNet architecture used when a model is built from scratch (pretraining, Retrain, BlindSpot proxy).
 
     For `class_cond` these are the kwargs of `ClassConditionalUNet` (SA's CIFAR10 net by default); for
@@ -165,29 +182,31 @@ class ArchConfig:
     freq_shift: Annotated[int, Ge(0)] = 1
     downsample_padding: Annotated[int, Ge(0)] = 0
 
-    def validate(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _blocks_agree(self) -> ArchConfig:
         n = len(self.block_out_channels)
         if not len(self.down_block_types) == n == len(self.up_block_types):
-            raise ConfigError(f"config keys '{path}.block_out_channels' ({n} entries), '{path}.down_block_types' "
-                              f"({len(self.down_block_types)}) and '{path}.up_block_types' ({len(self.up_block_types)}) "
-                              "must have the same length (one entry per resolution)")
+            raise ValueError(f"config keys 'model.arch.block_out_channels' ({n} entries), 'model.arch.down_block_types' "
+                             f"({len(self.down_block_types)}) and 'model.arch.up_block_types' ({len(self.up_block_types)}) "
+                             "must have the same length (one entry per resolution)")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if bad:
-            raise ConfigError(f"config key '{path}.block_out_channels' entries {bad} are not divisible by "
-                              f"'{path}.norm_num_groups' = {self.norm_num_groups} (GroupNorm)")
+            raise ValueError(f"config key 'model.arch.block_out_channels' entries {bad} are not divisible by "
+                             f"'model.arch.norm_num_groups' = {self.norm_num_groups} (GroupNorm)")
+        return self
 
 
-@dataclass(frozen=True)
-class StableDiffusionConfig:
-    """`model.backbone: stable_diffusion` only (PAPER.md §4.4-4.5): Stable Diffusion v1.4 on diffusers.
+class StableDiffusionConfig(Section):
+    """`model.backbone: stable_diffusion` only (docs/experiments.md, Table 4 and Nudity): Stable Diffusion
+    v1.4 on diffusers. Other backbones refuse keys set here (ModelConfig's check).
 
     pipeline: the diffusers pipeline (Hub id such as CompVis/stable-diffusion-v1-4, or a local folder
     with unet/ vae/ text_encoder/ tokenizer/ scheduler/) that the VAE, text encoder, tokenizer and
     scheduler come from; null = model.pretrained (then it must be a pipeline). Set it when
     model.pretrained is a UNet folder or a run directory of this project.
-    surrogate_prompt: c_s of EraseDiff's SD forgetting target sg[ε_θ(z_t, t, τ(c_s))] (PAPER.md §1.2(c));
-    the backbone's `other_condition`. Paper v2: "a person wearing clothes" (nudity), another Imagenette
-    class (tench); official code HEAD: "a photo of a pokemon" (§7.6).
+    surrogate_prompt: c_s of EraseDiff's SD forgetting target sg[ε_θ(z_t, t, τ(c_s))] (docs/method.md,
+    "Stable Diffusion: the surrogate prompt": which prompt the paper and the official code use);
+    the backbone's `other_condition`.
     null_prompt: the unconditional prompt of classifier-free guidance ("" as diffusers).
     latent: how an image becomes z0: `sample` draws from the VAE posterior (the official code), `mean`
     takes its mean.
@@ -205,65 +224,78 @@ class StableDiffusionConfig:
     vae_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Which model family and where its weights come from.
 
     pretrained: a run directory of this project (holds model/ and model_ema/), a diffusers model
     directory, or a Hugging Face Hub id (e.g. google/ddpm-cifar10-32). None = random init from `arch`.
     Relative paths are relative to the working directory.
+    `trainable` other than `full` and any non-default `sd` key are stable_diffusion only (refused for
+    the other backbones rather than ignored; a resolved config of theirs holds the defaults).
     """
 
     backbone: Literal["class_cond", "uncond", "stable_diffusion"] = "class_cond"
     pretrained: Optional[str] = None
-    arch: ArchConfig = field(default_factory=ArchConfig)
+    arch: ArchConfig = ArchConfig()
     #: which parameters train. `full` everywhere; `xattn` (cross-attention attn2, ESD-x / EraseDiff-x),
     #: `noxattn` (all but attn2, time embedding and output layers, ESD-u / EraseDiff-u), `selfattn` (attn1):
     #: stable_diffusion only (backbones/stable_diffusion.py has the exact name filters)
     trainable: Literal["full", "xattn", "noxattn", "selfattn"] = "full"
-    sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
+    sd: StableDiffusionConfig = StableDiffusionConfig()
 
-    def validate(self, path: str) -> None:
-        a, where = self.arch, f"{path}.arch"
+    @model_validator(mode="after")
+    def _family_keys(self) -> ModelConfig:
+        if self.backbone != "stable_diffusion":
+            if self.trainable != "full":
+                raise ValueError(f"config key 'model.trainable' = {self.trainable} applies to backbone stable_diffusion "
+                                 f"only; backbone {self.backbone} trains the full model (valid: full)")
+            default = StableDiffusionConfig()
+            changed = [k for k in StableDiffusionConfig.model_fields if getattr(self.sd, k) != getattr(default, k)]
+            if changed:
+                raise ValueError(f"config key 'model.sd.{changed[0]}' applies to backbone stable_diffusion only "
+                                 f"(backbone is {self.backbone})")
+        a = self.arch
         if self.backbone == "class_cond":  # ClassConditionalUNet splits every attention block into heads
             attn = [c for c, t in zip(a.block_out_channels, a.down_block_types) if t.startswith("Attn")]
             attn += [c for c, t in zip(reversed(a.block_out_channels), a.up_block_types) if t.startswith("Attn")]
             attn += [a.block_out_channels[-1]] if a.mid_block_attention else []
             bad = sorted({c for c in attn if c % a.attention_head_dim})
             if bad:
-                raise ConfigError(f"config key '{where}.attention_head_dim' = {a.attention_head_dim} must divide the "
-                                  f"channels of every attention block (got blocks of {bad} channels)")
+                raise ValueError(f"config key 'model.arch.attention_head_dim' = {a.attention_head_dim} must divide the "
+                                 f"channels of every attention block (got blocks of {bad} channels)")
+        return self
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Forward process (PAPER.md §1): linear betas 1e-4 -> 0.02 over T = 1000 for DDPM/CIFAR10."""
+class DiffusionConfig(Section):
+    """Forward process (docs/method.md, "Notation"): linear betas 1e-4 -> 0.02 over T = 1000 for DDPM/CIFAR10."""
 
     num_train_timesteps: Annotated[int, Ge(1)] = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     beta_start: Annotated[float, Interval(gt=0, lt=1)] = 1e-4
     beta_end: Annotated[float, Interval(gt=0, lt=1)] = 0.02
 
-    def validate(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _betas_increase(self) -> DiffusionConfig:
         if not self.beta_start < self.beta_end:
-            raise ConfigError(f"config key '{path}.beta_start' must be < '{path}.beta_end' "
-                              f"(got {self.beta_start} >= {self.beta_end})")
+            raise ValueError(f"config key 'diffusion.beta_start' must be < 'diffusion.beta_end' "
+                             f"(got {self.beta_start} >= {self.beta_end})")
+        return self
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Dataset and forget/remain split.
 
     forget_classes: the classes of D_f; empty = no forgetting (pretraining on everything).
-    forget_ratio: the official code's subsampling of D_f (`unl_ratio`, PAPER.md §2.4); None keeps all.
+    forget_ratio: the official code's subsampling of D_f (`unl_ratio`, docs/method.md "How the official
+    code runs"); None keeps all.
     attribute, attribute_file: `celebahq` only. Images are labelled 1 when they have `attribute` (a
     column of the CelebA(-HQ) annotation file, e.g. Eyeglasses) and 0 otherwise, so forget_classes: [1]
     forgets the attribute. attribute_file defaults to <root>/CelebAMask-HQ-attribute-anno.txt.
     remain_source: where D_r comes from. `real` = the dataset's remaining classes; `generated` = the
-    "no access to D_r" setting of PAPER.md §4.1 (generative replay): before the first step the
-    pretrained model samples `remain_generated` images spread evenly over the remaining classes
-    (rounded up to a multiple of their number; EMA weights if sample.use_ema, the sample section's
-    sampler and seed), and those are D_r. Needs a conditional model.
+    "no access to D_r" setting (docs/experiments.md, "No access to D_r"; generative replay): before the
+    first step the pretrained model samples `remain_generated` images spread evenly over the remaining
+    classes (rounded up to a multiple of their number; EMA weights if sample.use_ema, the sample
+    section's sampler and seed), and those are D_r. Needs a conditional model.
     Ranges: forget_classes >= 0 without repeats, forget_ratio in (0, 1], batch sizes and
     remain_generated >= 1, num_workers >= 0.
     """
@@ -281,50 +313,56 @@ class DataConfig:
     image_size: Optional[Annotated[int, Ge(1)]] = None
     hflip: bool = False
     download: bool = True
-    forget_classes: tuple[Annotated[int, Ge(0)], ...] = ()
+    #: validated even when absent: forget_prompts resolve into it
+    forget_classes: tuple[Annotated[int, Ge(0)], ...] = Field((), validate_default=True)
     forget_ratio: Optional[Annotated[float, Interval(gt=0, le=1)]] = None
     batch_size: Annotated[int, Ge(1)] = 128
     forget_batch_size: Optional[Annotated[int, Ge(1)]] = None
     num_workers: Annotated[int, Ge(0)] = 0
 
-    def validate(self, path: str) -> None:
+    @field_validator("forget_classes")
+    @classmethod
+    def _resolve_forget_prompts(cls, classes: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        """prompt_folder: `prompts` is required; `forget_prompts` become their indices (the keys above this
+        one are in info.data when they are valid)."""
+        dataset, prompts, forget = (info.data.get(k) for k in ("dataset", "prompts", "forget_prompts"))
+        if dataset is None or prompts is None or forget is None:
+            return classes  # an earlier key is invalid: pydantic reports that one
+        if dataset != "prompt_folder":
+            if prompts or forget:
+                raise ValueError(f"config keys 'data.prompts' / 'data.forget_prompts' apply to dataset prompt_folder "
+                                 f"only (dataset is {dataset})")
+            return classes
+        if not prompts:
+            raise ValueError("config key 'data.prompts' is required for dataset prompt_folder: the list of prompts "
+                             "(an image's label = the index of its manifest prompt)")
+        if len(set(prompts)) != len(prompts):
+            raise ValueError("config key 'data.prompts' lists a prompt more than once")
+        unknown = [p for p in forget if p not in prompts]
+        if unknown:
+            raise ValueError(f"config key 'data.forget_prompts': {unknown} not in data.prompts {list(prompts)}")
+        ids = tuple(prompts.index(p) for p in forget)
+        if ids and classes and classes != ids:
+            raise ValueError(f"config keys 'data.forget_prompts' (indices {list(ids)}) and 'data.forget_classes' "
+                             f"{list(classes)} disagree: set only forget_prompts")
+        return ids or classes
+
+    @model_validator(mode="after")
+    def _dataset_keys(self) -> DataConfig:
         if self.dataset == "celebahq" and not self.attribute:
-            raise ConfigError(f"config key '{path}.attribute' is required for dataset celebahq (e.g. Eyeglasses: a "
-                              "column of the annotation file)")
+            raise ValueError("config key 'data.attribute' is required for dataset celebahq (e.g. Eyeglasses: a "
+                             "column of the annotation file)")
         if self.dataset != "celebahq" and (self.attribute or self.attribute_file):
-            raise ConfigError(f"config keys '{path}.attribute' / '{path}.attribute_file' apply to dataset celebahq only "
-                              f"(dataset is {self.dataset})")
+            raise ValueError(f"config keys 'data.attribute' / 'data.attribute_file' apply to dataset celebahq only "
+                             f"(dataset is {self.dataset})")
         repeated = sorted({c for c in self.forget_classes if self.forget_classes.count(c) > 1})
         if repeated:
-            raise ConfigError(f"config key '{path}.forget_classes' lists {repeated} more than once "
-                              f"(got {list(self.forget_classes)})")
-        self._resolve_forget_prompts(path)
-
-    def _resolve_forget_prompts(self, path: str) -> None:
-        """prompt_folder: `prompts` is required; `forget_prompts` become their indices in `forget_classes`."""
-        if self.dataset != "prompt_folder":
-            if self.prompts or self.forget_prompts:
-                raise ConfigError(f"config keys '{path}.prompts' / '{path}.forget_prompts' apply to dataset prompt_folder "
-                                  f"only (dataset is {self.dataset})")
-            return
-        if not self.prompts:
-            raise ConfigError(f"config key '{path}.prompts' is required for dataset prompt_folder: the list of prompts "
-                              "(an image's label = the index of its manifest prompt)")
-        if len(set(self.prompts)) != len(self.prompts):
-            raise ConfigError(f"config key '{path}.prompts' lists a prompt more than once")
-        unknown = [p for p in self.forget_prompts if p not in self.prompts]
-        if unknown:
-            raise ConfigError(f"config key '{path}.forget_prompts': {unknown} not in {path}.prompts {list(self.prompts)}")
-        ids = tuple(self.prompts.index(p) for p in self.forget_prompts)
-        if ids and self.forget_classes and tuple(self.forget_classes) != ids:
-            raise ConfigError(f"config keys '{path}.forget_prompts' (indices {list(ids)}) and '{path}.forget_classes' "
-                              f"{list(self.forget_classes)} disagree: set only forget_prompts")
-        if ids:  # frozen dataclass: the resolved ids are set once, here
-            object.__setattr__(self, "forget_classes", ids)
+            raise ValueError(f"config key 'data.forget_classes' lists {repeated} more than once "
+                             f"(got {list(self.forget_classes)})")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """The loop's optimiser, EMA, clipping and bookkeeping (shared by every method).
 
     steps >= 1; lr > 0; betas each in [0, 1); eps > 0; weight_decay >= 0; warmup_steps >= 0;
@@ -357,9 +395,9 @@ class TrainConfig:
     keep_checkpoints: Annotated[int, Ge(1)] = 2
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    """Sampling for grids and evaluation (PAPER.md §4.1: SA/EraseDiff use w = 2 in the "1+w" form).
+class SampleConfig(Section):
+    """Sampling for grids and evaluation (docs/evaluation.md, "Sampling for evaluation": SA/EraseDiff
+    use w = 2 in the "1+w" form).
 
     guidance_convention: "sa" = (1+w)·ε(x,c) − w·ε(x,∅) (SA / official code, default);
     "diffusers" = ε(x,∅) + w·(ε(x,c) − ε(x,∅)). SA's w = 2 equals diffusers' w = 3.
@@ -367,7 +405,7 @@ class SampleConfig:
     clip_denoised: clip the predicted x̂0 to [-1, 1] inside every step (diffusers' `clip_sample`). Off
     by default, as SA's "generalized" sampler; it rescues short-trained models whose trajectories
     diverge (the digits demo: 34% of 25-step DDIM samples blow up to saturated noise without it, none
-    with it), but hurts at 50–100 DDIM steps with guidance (CPU-NOTES.md).
+    with it), but hurts at 50–100 DDIM steps with guidance (docs/cpu.md).
     seed: the evaluation generator's seed, separate from the run seed, so every method is scored on
     the same noise.
     Ranges: steps in [1, diffusion.num_train_timesteps] (DDIM steps; the DDPM sampler always runs
@@ -390,9 +428,8 @@ class SampleConfig:
     grid_per_class: Annotated[int, Ge(1)] = 8
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """What `evaluate` measures (PAPER.md §5) and on how many generated images.
+class EvaluateConfig(Section):
+    """What `evaluate` measures (docs/evaluation.md) and on how many generated images.
 
     n_per_class: images per remaining class (Table 1 FID: 5000); n_forget: images per forgotten class
     (Table 1 classifier set: 500; None = n_per_class). metrics, any of:
@@ -411,6 +448,18 @@ class EvaluateConfig:
     standard protocol): minmax_stretch + bgr + swap_precision_recall + is_on_reference = SA/EraseDiff's
     Table 1 evaluator; uint8_cast with fid_features inception64 = the Table 4 FID. Image quirks apply
     to the generated and the real images, as the peers' scripts do.
+    classifier: the judge: a `train-classifier` folder; for a stable_diffusion model also a torchvision
+    ImageNet model name (resnet50: ResNet-50 with its DEFAULT weights IMAGENET1K_V2 and their preprocessing).
+    Stable Diffusion (docs/evaluation.md "Stable Diffusion metrics"): the images of the prompt CSV
+    `prompts` are generated with the `generate` section, then the groups
+      imagenette_accuracy  top-1 accuracy of the judge (1000 ImageNet classes) per Imagenette class;
+                           acc_forget = the class named in data.forget_prompts (Table 4 "tench acc")
+      fid                  FID of the images of the other Imagenette classes against the real images
+                           `real` (null = data.root: imagenette2's train/, a folder with a manifest.csv, or
+                           frgfm/imagenette), `max_real` of them (null = all; the paper: 1000)
+      clip_score           100 x mean CLIP cosine of image and prompt (`clip_model`: Hub id or folder)
+      nudenet              NudeNet detections of the 9 exposed classes with score >= nudenet_threshold
+    batch_size: images per forward of the Stable Diffusion metrics' networks.
     """
 
     n_per_class: Annotated[int, Ge(1)] = 100
@@ -418,19 +467,59 @@ class EvaluateConfig:
     classifier: Optional[str] = None
     real_split: Literal["train", "test"] = "train"
     metrics: Annotated[tuple[Literal["classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall",
-                                     "inception_score", "weight_distance"], ...], MinLen(1)] = ("classifier",)
+                                     "inception_score", "weight_distance", "imagenette_accuracy", "clip_score",
+                                     "nudenet"], ...], MinLen(1)] = ("classifier",)
     fid_features: Literal["inception", "inception64", "classifier"] = "inception"
     fid_cache: str = "results/fid_stats"
     quirks: tuple[Literal["minmax_stretch", "bgr", "uint8_cast", "swap_precision_recall", "is_on_reference"], ...] = ()
+    prompts: Optional[str] = None
+    real: Optional[str] = None
+    max_real: Optional[Annotated[int, Ge(2)]] = None
+    clip_model: str = "openai/clip-vit-base-patch32"
+    nudenet_threshold: Annotated[float, Interval(ge=0, le=1)] = 0.6
+    batch_size: Annotated[int, Ge(1)] = 50
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
+class GenerateConfig(Section):
+    """Stable Diffusion images of a prompt CSV: `generate`, and the samples `evaluate` scores for a
+    stable_diffusion model (docs/evaluation.md "Sampling for evaluation": LMS, 50 steps, guidance 7.5,
+    512 px, no safety checker).
+
+    scheduler: the pipeline's scheduler; steps >= 1; guidance >= 0 (diffusers convention), or the CSV's
+    guidance column where a row has one if csv_guidance; height, width: pixels, multiples of 8 (null =
+    the UNet's sample_size x 8, 512 for SD v1.4); n_per_prompt: images of a row without a num_images
+    column; max_per_prompt: cap on every row's count (null = none; smoke runs); batch_size: images per
+    pipeline call; seed: the seed of rows without a seed column; dtype: the pipeline's weights.
+    """
+
+    scheduler: Literal["lms", "ddim", "pndm", "euler", "euler_a", "dpm"] = "lms"
+    steps: Annotated[int, Ge(1)] = 50
+    guidance: Annotated[float, Ge(0)] = 7.5
+    csv_guidance: bool = False
+    height: Optional[Annotated[int, Ge(8)]] = None
+    width: Optional[Annotated[int, Ge(8)]] = None
+    n_per_prompt: Annotated[int, Ge(1)] = 1
+    max_per_prompt: Optional[Annotated[int, Ge(1)]] = None
+    batch_size: Annotated[int, Ge(1)] = 1
+    seed: Seed = 0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _whole_latents(self) -> GenerateConfig:
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and value % 8:
+                raise ValueError(f"config key 'generate.{key}' must be a multiple of 8 (the VAE's scale factor) "
+                                 f"or null (got {value})")
+        return self
+
+
+class ClassifierConfig(Section):
     """Training of the evaluation classifier (`train-classifier`), on the data section's train split.
 
-    arch: `digits_cnn` (the small CNN, CPU) or `resnet34` (SA's CIFAR10 judge, PEERS.md §1: ImageNet
-    ResNet34 fine-tuned at 224 px; SA's recipe is epochs 10, batch_size 128, lr 1e-5, lr_head 1e-4,
-    weight_decay 5e-4, augment true).
+    arch: `digits_cnn` (the small CNN, CPU) or `resnet34` (SA's CIFAR10 judge, docs/peers.md "Selective
+    Amnesia": ImageNet ResNet34 fine-tuned at 224 px; SA's recipe is epochs 10, batch_size 128, lr 1e-5,
+    lr_head 1e-4, weight_decay 5e-4, augment true).
     image_size: the classifier's input side; images are resized to it inside the model. resnet34 only
     (null = 224); digits_cnn reads images at the data's size.
     pretrained: resnet34 starts from torchvision's ImageNet weights (downloaded on first use); ignored
@@ -450,80 +539,134 @@ class ClassifierConfig:
     augment: bool = True
     seed: Seed = 0
 
-    def validate(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _image_size_for_resnet(self) -> ClassifierConfig:
         if self.image_size is not None and self.arch != "resnet34":
-            raise ConfigError(f"config key '{path}.image_size' applies to arch resnet34 only (arch is {self.arch})")
+            raise ValueError(f"config key 'classifier.image_size' applies to arch resnet34 only (arch is {self.arch})")
+        return self
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class MethodConfig(Section):
+    """Base of a method's own config, in its file erasediff/methods/<name>.py next to the method.
+
+    A subclass declares `name: Literal["<name>"] = "<name>"` (the tag of the `method` union) and its keys;
+    checks among them are `model_validator`s like any section's. `check_run` is for checks that need
+    the other sections (e.g. a step count bounded by diffusion.num_train_timesteps).
+    """
+
+    name: str
+
+    def check_run(self, run: RunConfig) -> None:
+        """Raise ValueError (one line naming the 'method.<key>') when this config does not fit `run`."""
+
+
+class RunConfig(Section):
     """One experiment. seed in [0, 2**32) (derived seeds such as seed * 1_000_003 + epoch must fit torch's
-    64-bit generator seed). A method config may define `check_run(run, path)` for checks that need the
-    other sections (e.g. a step count bounded by diffusion.num_train_timesteps); `validate` calls it."""
+    64-bit generator seed).
+
+    `method` is the config of the method that `method.name` names: a discriminated union of the
+    registered MethodConfig subclasses, which the methods package supplies (`_complete_run_config`).
+    """
 
     experiment: str
-    method: Any  # a method's own config dataclass, chosen by `method.name` (see erasediff.methods)
+    method: MethodConfigs  # noqa: F821 (resolved by _complete_run_config)
     seed: Seed = 0
     output_root: str = "results"
     device: str = "auto"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
 
-    def validate(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _sections_agree(self) -> RunConfig:
         T = self.diffusion.num_train_timesteps
         if self.sample.steps > T:
-            raise ConfigError(f"config key 'sample.steps' must be <= diffusion.num_train_timesteps = {T} "
-                              f"(got {self.sample.steps})")
-        check_run = getattr(self.method, "check_run", None)
-        if check_run is not None:
-            check_run(self, "method")
+            raise ValueError(f"config key 'sample.steps' must be <= diffusion.num_train_timesteps = {T} "
+                             f"(got {self.sample.steps})")
+        self.method.check_run(self)
+        return self
 
     def run_dir(self) -> Path:
-        """results/<experiment>/<method>/seed<k> (DESIGN.md "Checkpoints and outputs")."""
+        """results/<experiment>/<method>/seed<k> (docs/architecture.md, "Checkpoints and outputs")."""
         return Path(self.output_root) / self.experiment / self.method.name / f"seed{self.seed}"
 
 
-# ------------------------------------------------------------------------------------------ coercion
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+def _complete_run_config() -> None:
+    """Give RunConfig its `method` type: the registry's union, typed by `method.name`.
+
+    Late import: every method module imports this one (its config subclasses MethodConfig), and importing
+    the methods package registers them all. pydantic resolves the forward reference `MethodConfigs` from
+    the namespace of the function that calls `model_rebuild`, i.e. the local below.
+    """
+    if RunConfig.__pydantic_complete__:
+        return
+    from .methods import method_configs
+
+    MethodConfigs = method_configs()  # noqa: F841 (read by model_rebuild)
+    RunConfig.model_rebuild()
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        return _type_name(typing.get_args(tp)[0])
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return "list"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
+# -------------------------------------------------------------------------- pydantic errors -> one line
+class _Key(NamedTuple):
+    path: str  # dotted key, list entries as [i]
+    tp: Any  # its type hint (Any where the key is unknown)
+    field: Any  # its pydantic FieldInfo (None for an unknown key, a list entry's, the root's)
 
 
-def _bounds(constraint: Any) -> list[tuple[str, Any]] | None:
-    """(operator, bound) pairs of an annotated_types bound constraint; None for other metadata."""
-    if isinstance(constraint, Interval):
-        pairs = [(">", constraint.gt), (">=", constraint.ge), ("<", constraint.lt), ("<=", constraint.le)]
-        return [(op, b) for op, b in pairs if b is not None]
-    for cls, op, attr in ((Gt, ">", "gt"), (Ge, ">=", "ge"), (annotated_types.Lt, "<", "lt"),
-                          (annotated_types.Le, "<=", "le")):
-        if isinstance(constraint, cls):
-            return [(op, getattr(constraint, attr))]
-    return None
+def _unwrap(tp: Any) -> tuple[Any, list, bool]:
+    """(type, annotated_types constraints, nullable) of a type hint: Annotated and Optional removed."""
+    metadata: list = []
+    nullable = False
+    while True:
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is Annotated:
+            tp, metadata = args[0], metadata + list(args[1:])
+        elif typing.get_origin(tp) in (Union, types.UnionType) and type(None) in args:
+            rest = tuple(a for a in args if a is not type(None))
+            tp, nullable = (rest[0] if len(rest) == 1 else Union[rest]), True
+        else:
+            return tp, metadata, nullable
 
 
-_OPS = {">": lambda v, b: v > b, ">=": lambda v, b: v >= b, "<": lambda v, b: v < b, "<=": lambda v, b: v <= b}
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _describe_bounds(pairs: list[tuple[str, Any]]) -> str:
-    """`>= 1`, or `in [0, 1)` for a lower and an upper bound."""
+def _locate(root: type[Section], prefix: str, loc: tuple) -> _Key:
+    """Follow a pydantic error location through the schema. A tagged union's tag (the `loc` item after
+    `method`) names the member and adds nothing to the dotted key."""
+    key = _Key(prefix, root, None)
+    for item in loc:
+        tp = _unwrap(key.tp)[0]
+        if _is_section(tp) and isinstance(item, str):
+            field = tp.model_fields.get(item)
+            path = f"{key.path}.{item}" if key.path else item
+            if field is None:
+                return _Key(path, Any, None)
+            key = _Key(path, Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation,
+                       field)
+        elif typing.get_origin(tp) is tuple and isinstance(item, int):
+            args = typing.get_args(tp)
+            inner = args[0] if args[-1] is Ellipsis else args[item] if item < len(args) else Any
+            key = _Key(f"{key.path}[{item}]", inner, None)
+        elif key.field is not None and key.field.discriminator:
+            member = [m for m in typing.get_args(tp) if m.model_fields[key.field.discriminator].default == item]
+            key = key._replace(tp=member[0] if member else Any)
+    return key
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _describe_bounds(metadata: list) -> str:
+    """`>= 1`, or `in [0, 1)` for a lower and an upper bound (pydantic splits Interval into Ge/Lt/...)."""
+    pairs = [(op, getattr(m, attr)) for m in metadata if isinstance(m, (Gt, Ge, Lt, Le, Interval))
+             for attr, op in _BOUNDS if getattr(m, attr, None) is not None]
     lower = [(op, b) for op, b in pairs if op[0] == ">"]
     upper = [(op, b) for op, b in pairs if op[0] == "<"]
     if len(lower) == 1 and len(upper) == 1:
@@ -532,134 +675,80 @@ def _describe_bounds(pairs: list[tuple[str, Any]]) -> str:
     return " and ".join(f"{op} {b}" for op, b in pairs)
 
 
-def _check_constraints(value: Any, metadata: tuple, path: str, nullable: bool) -> None:
-    """Check the annotated_types constraints of an `Annotated` field on the coerced `value`."""
-    or_null = " or null" if nullable else ""
-    for constraint in metadata:
-        pairs = _bounds(constraint)
-        if pairs is not None:
-            if not all(_OPS[op](value, b) for op, b in pairs):
-                raise ConfigError(f"config key '{path}' must be {_describe_bounds(pairs)}{or_null} (got {value!r})")
-        elif isinstance(constraint, annotated_types.MinLen):
-            if len(value) < constraint.min_length:
-                need = "not be empty" if constraint.min_length == 1 else f"have at least {constraint.min_length} entries"
-                raise ConfigError(f"config key '{path}' must {need} (got {list(value)!r})")
-        elif isinstance(constraint, annotated_types.MaxLen):
-            if len(value) > constraint.max_length:
-                raise ConfigError(f"config key '{path}' must have at most {constraint.max_length} entries "
-                                  f"(got {list(value)!r})")
-        elif isinstance(constraint, (annotated_types.BaseMetadata, annotated_types.GroupedMetadata)):
-            # a constraint this engine cannot check must not pass silently (a schema bug, not a user error)
-            raise TypeError(f"config key '{path}': unsupported constraint {constraint!r}")
+def _type_name(tp: Any) -> str:
+    if _is_section(tp):
+        return "a mapping"
+    if typing.get_origin(tp) is tuple:
+        return "a list"
+    if typing.get_origin(tp) is Literal:
+        return "one of: " + ", ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, path: str, *, finite: bool = True, nullable: bool = False) -> Any:
-    """`value` converted to type `tp` and checked against its constraints, or ConfigError.
-
-    finite: float values must be finite (an `AllowNonFinite()` marker in `Annotated` turns it off);
-    nullable: the key also accepts null (only used to word the error).
-    """
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *metadata = typing.get_args(tp)
-        finite = finite and not any(isinstance(m, AllowNonFinite) for m in metadata)
-        out = _coerce(value, base, path, finite=finite, nullable=nullable)
-        if out is not None:
-            _check_constraints(out, tuple(metadata), path, nullable)
-        return out
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path, finite=finite, nullable=nullable or type(None) in args)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config key '{path}' must be one of: {', '.join(map(str, choices))} (got {value!r})")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{path}' must be a list (got {value!r})")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{path}[{i}]", finite=finite) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"config key '{path}' must be a list of {len(args)} values (got {value!r})")
-        return tuple(_coerce(v, a, f"{path}[{i}]", finite=finite) for i, (v, a) in enumerate(zip(value, args)))
-    if is_dataclass(tp):
-        return build_dataclass(tp, value, path)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.lower()]
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
-            return int(value)
-    elif tp is float:
-        number = None
-        try:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                number = float(value)
-            elif isinstance(value, str):
-                number = float(value)
-        except ValueError:
-            pass
-        except OverflowError:  # an int beyond the float range
-            number = math.inf
-        if number is not None:
-            if finite and not math.isfinite(number):
-                raise ConfigError(f"config key '{path}' must be a finite number (got {value!r})")
-            return number
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:
-        return value
-    or_null = " or null" if nullable else ""
-    raise ConfigError(f"config key '{path}' must be {_type_name(tp)}{or_null} (got {value!r})")
+def _shown(value: Any, tp: Any) -> str:
+    """The value as the user wrote it, an int in a float key as the float it became."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023:
+        value = float(value)
+    return repr(value)
 
 
-def _unknown_key_error(key: str, path: str, valid: list[str]) -> ConfigError:
-    where = f"{path}.{key}" if path else key
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{where}'{hint}; valid keys here: {', '.join(valid)}")
+def _hint(word: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(word, valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def build_dataclass(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, validating keys and types recursively."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key '{path or '<root>'}' must be a mapping (got {data!r})")
-    hints = typing.get_type_hints(cls, include_extras=True)  # keep Annotated[...] constraints
-    valid = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"config key {key!r} in '{path or '<root>'}' is not a name ({type(key).__name__}); "
-                              f"valid keys here: {', '.join(valid)}")
-        if key not in valid:
-            raise _unknown_key_error(str(key), path, valid)
-        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}" if path else key)
-    missing = [
-        f.name for f in fields(cls)
-        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        where = f" in '{path}'" if path else ""
-        raise ConfigError(f"missing required config key(s){where}: {', '.join(missing)}")
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(path)
-    return obj
+def _message(errors: list[dict], root: type[Section], prefix: str) -> str:
+    """One line for the first of pydantic's `errors`: the dotted key, the value, and what is valid."""
+    err = errors[0]
+    kind, loc, ctx, value = err["type"], err["loc"], err.get("ctx") or {}, err["input"]
+    if kind == "value_error":  # a validator's message names its keys itself
+        return first_line(ctx.get("error", err["msg"]))
+    if kind == "bool_not_number":
+        loc, value = (*loc, ctx["key"], *([] if ctx["index"] is None else [ctx["index"]])), ctx["value"]
+    key = _locate(root, prefix, loc)
+    tp, metadata, nullable = _unwrap(key.tp)
+    parent = _locate(root, prefix, loc[:-1]) if loc else key
+    where, or_null, got = f"config key '{key.path or '<root>'}'", " or null" if nullable else "", _shown(value, tp)
+    if key.field is not None and key.field.discriminator:  # the method union: its tag is `method.name`
+        tag_key = f"{key.path}.{key.field.discriminator}"
+        tags = sorted(m.model_fields[key.field.discriminator].default for m in typing.get_args(tp))
+        tag = value.get(key.field.discriminator) if isinstance(value, dict) else None
+        if kind == "union_tag_invalid" and isinstance(tag, str):
+            return (f"unknown {key.path} '{tag}' (config key '{tag_key}'){_hint(tag, tags)}; "
+                    f"valid {key.path}s: {', '.join(tags)}")
+        shown = f" (got {tag!r})" if isinstance(value, dict) and key.field.discriminator in value else ""
+        return f"config key '{tag_key}' is required: a {key.path} name{shown}; valid {key.path}s: {', '.join(tags)}"
+    if kind in ("extra_forbidden", "invalid_key"):  # a key the section (parent.tp) does not have
+        valid = list(_unwrap(parent.tp)[0].model_fields)
+        if kind == "extra_forbidden":
+            return f"unknown config key '{key.path}'{_hint(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
+        return (f"config key {value!r} in '{parent.path or '<root>'}' is not a name ({type(value).__name__}); "
+                f"valid keys here: {', '.join(valid)}")
+    if kind == "too_long" or (kind == "missing" and isinstance(loc[-1], int)):  # a fixed-length list (a, b)
+        at = key if kind == "too_long" else parent
+        return f"config key '{at.path}' must be a list of {len(typing.get_args(_unwrap(at.tp)[0]))} values (got {value!r})"
+    if kind == "missing":
+        names = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == loc[:-1]]
+        return f"missing required config key(s){f' in {parent.path!r}' if parent.path else ''}: {', '.join(names)}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") or (
+            kind == "int_parsing_size" and _describe_bounds(metadata)):  # an integer beyond 64 bits
+        return f"{where} must be {_describe_bounds(metadata)}{or_null} (got {got})"
+    if kind == "finite_number" or (kind == "float_type" and isinstance(value, int)):
+        return f"{where} must be a finite number (got {got})"
+    if kind == "too_short":  # MinLen(1)
+        return f"{where} must not be empty (got {got})"
+    return f"{where} must be {_type_name(tp)}{or_null} (got {got})"  # a wrong type, or not one of the choices
+
+
+def build_section(cls: type[Section], data: Any, path: str = "") -> Any:
+    """Validate a mapping into section `cls` (at dotted `path`), or one-line ConfigError."""
+    try:
+        return cls.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors(include_url=False), cls, path)) from None
+
+
+build_dataclass = build_section  # the engine's former name (tests)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -737,19 +826,8 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 def build_run_config(tree: dict) -> RunConfig:
     """Validate a merged dict into a RunConfig (method section typed by `method.name`)."""
-    from .methods import method_config_class  # late import: methods import config types
-
-    tree = dict(tree)
-    method = tree.pop("method", None)
-    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
-        from .methods import METHODS
-
-        got = "" if not isinstance(method, dict) or "name" not in method else f" (got {method['name']!r})"
-        raise ConfigError(f"config key 'method.name' is required: a method name{got}; valid methods: "
-                          f"{', '.join(sorted(METHODS))}")
-    # built first, then handed to RunConfig as it is (`method: Any`), so RunConfig.validate sees it
-    tree["method"] = build_dataclass(method_config_class(method["name"]), method, "method")
-    return build_dataclass(RunConfig, tree)
+    _complete_run_config()
+    return build_section(RunConfig, tree)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -757,13 +835,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return build_run_config(apply_overrides(load_yaml_tree(path), overrides or []))
 
 
-def to_dict(cfg: Any) -> Any:
-    """Dataclass -> plain YAML/JSON-able dict (tuples become lists)."""
-    if is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    return cfg
+def to_dict(cfg: Section) -> dict:
+    """A config (or one section) as a plain YAML/JSON-able dict in declaration order (tuples become lists)."""
+    return cfg.model_dump(mode="json")
 
 
 def dump_config(cfg: RunConfig) -> str:

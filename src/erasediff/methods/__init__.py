@@ -1,11 +1,17 @@
 """Registry of unlearning methods: `method.name` in a config picks the class and its config type.
 
-Adding a method = one file here that defines a `Method` subclass with its `Config` dataclass and
-decorates it with `@register`, plus one YAML. The loop does not change.
+Adding a method = one file here that defines a `Method` subclass with its `Config` (a
+`config.MethodConfig` whose `name` is `Literal["<name>"]`) and decorates it with `@register`, plus one
+YAML. The loop and config.py do not change: the `method` section's type is built from this registry.
 """
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from ..config import MethodConfig
 from ..errors import ConfigError
 from .base import Method, MethodData, TrainState
 
@@ -13,6 +19,10 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)
+            and config.model_fields["name"].default == cls.name):
+        raise TypeError(f"method {cls.name!r}: Config must be a MethodConfig whose `name` defaults to {cls.name!r}")
     METHODS[cls.name] = cls
     return cls
 
@@ -23,8 +33,10 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def method_config_class(name: str) -> type:
-    return get_method(name).Config
+def method_configs() -> Any:
+    """The type of the config's `method` section: the registered methods' configs as a pydantic
+    discriminated union on `name`, so `method.name` decides which keys are valid."""
+    return Annotated[Union[tuple(m.Config for m in METHODS.values())], Field(discriminator="name")]
 
 
 def _import_all() -> None:
@@ -39,4 +51,4 @@ def _import_all() -> None:
 
 _import_all()
 
-__all__ = ["METHODS", "Method", "MethodData", "TrainState", "get_method", "method_config_class", "register"]
+__all__ = ["METHODS", "Method", "MethodData", "TrainState", "get_method", "method_configs", "register"]
