@@ -1,12 +1,12 @@
-"""Baselines (PAPER.md §3): NegGrad ascends, BlindSpot distils from a frozen proxy, SO = L_r + λL_f."""
+"""Baselines (docs/baselines.md): NegGrad ascends, BlindSpot distils from a frozen proxy, SO = L_r + λL_f."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import REPO, SMOKE, TINY, tiny_config
+from safetensors.torch import load_file
 
 from erasediff.cli import main
 from erasediff.config import load_config
@@ -59,11 +59,14 @@ def test_shipped_baseline_configs_validate(name):
     if name == "retrain":  # as many steps as the Unscrubbed model
         assert digits.train.steps == load_config(CONFIGS / "digits" / "pretrain.yaml").train.steps
         assert cifar.train.steps == load_config(CONFIGS / "cifar10" / "pretrain.yaml").train.steps
-    if name == "blindspot":  # the proxy path is the proxy config's default run directory
-        for cfg, d, suffix in ((digits, "digits", ""), (cifar, "cifar10", "_airplane")):
-            proxy = load_config(CONFIGS / d / f"blindspot_proxy{suffix}.yaml")
-            assert cfg.method.proxy == str(proxy.run_dir()) and cfg.method.at_weight == 0.0
-            assert proxy.train.steps < load_config(CONFIGS / d / f"retrain{suffix}.yaml").train.steps
+    if name == "blindspot":  # the proxy: precompute trains the shorter proxy config into the artifacts dir
+        for cfg, d, suffix in ((digits, "digits", ""), (smoke, "digits/smoke", ""), (cifar, "cifar10", "_airplane")):
+            assert cfg.method.proxy is None and cfg.method.at_weight == 0.0
+            assert Path(cfg.method.proxy_config) == (CONFIGS / d / f"blindspot_proxy{suffix}.yaml").relative_to(REPO)
+            proxy = load_config(REPO / cfg.method.proxy_config)
+            assert proxy.model.pretrained is None and proxy.data.forget_classes == cfg.data.forget_classes
+            if cfg is not smoke:  # half as long as Retrain
+                assert proxy.train.steps < load_config(CONFIGS / d / f"retrain{suffix}.yaml").train.steps
     if name == "so":
         assert digits.method.inner_steps == cifar.method.inner_steps == 0
         assert digits.method.lambda_value == cifar.method.lambda_value == 0.1
@@ -103,8 +106,12 @@ def test_blindspot_missing_proxy_fails_before_writing(tmp_path, capsys):
                  f"model.pretrained={missing}"), "--output-dir", str(out), "--no-progress"])
     assert code == 2 and not out.exists()
     assert f"method.proxy '{missing}' not found" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="method.proxy"):
-        load_config(SMOKE / "blindspot.yaml", ["method.proxy=null"])
+    # unset: the default place in the artifacts dir, named in the one error line
+    code = main(["unlearn", "--config", str(SMOKE / "blindspot.yaml"), *sets(*TINY, f"model.pretrained={missing}"),
+                 "--artifacts-dir", str(tmp_path / "art"), "--output-dir", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists() and not (tmp_path / "art").exists()
+    assert err[-1].startswith(f"error: method.proxy '{tmp_path / 'art' / 'blindspot_proxy'}' not found") and len(err) == 1
 
 
 def test_blindspot_proxy_is_frozen(tmp_path, proxy_dir):
@@ -129,7 +136,7 @@ def test_blindspot_attention_transfer_adds_a_positive_term(tmp_path, proxy_dir):
     assert logs["loss_at"] > 0
     assert len(run.method.acts["model"]) == 0  # activations are not kept between steps
     run.state.generator.set_state(start)
-    run.method.cfg = replace(run.method.cfg, at_weight=0.0)
+    run.method.cfg = run.method.cfg.model_copy(update={"at_weight": 0.0})
     total_plain, _ = run.method.loss(run.state, forget, remain)
     assert total_at.item() - total_plain.item() == pytest.approx(logs["p_f"] * 2.0 * logs["loss_at"], rel=1e-4)
     with pytest.raises(ConfigError, match="down_blocks"):
@@ -176,3 +183,63 @@ def test_cli_blindspot_two_stages(tmp_path):
     assert logs[-1]["step"] == 2 and {"loss_f", "loss_r", "p_f"} <= set(logs[-1])
     assert json.loads((out / "metrics.json").read_text())["method"] == "blindspot"
     assert Path(out / "model_ema" / "config.json").is_file()
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model_ema" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_precompute_trains_the_proxy_as_train_would_then_unlearn_reads_it(tmp_path, capsys):
+    art, out, ref = tmp_path / "art", tmp_path / "blindspot", tmp_path / "ref_proxy"
+    common = sets(*TINY, "train.steps=2")
+    # the proxy's config gets the same --set items but method.* and model.pretrained
+    args = ["--config", str(SMOKE / "blindspot.yaml"), *common, *sets("model.pretrained=nowhere", "method.cond_drop=0.2"),
+            "--seed", "3", "--artifacts-dir", str(art), "--no-progress"]
+    assert main(["precompute", *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"wrote {art / 'blindspot_proxy'} (method.proxy)" and json.loads(lines[-2])["steps"] == 2
+    assert main(["train", "--config", str(SMOKE / "blindspot_proxy.yaml"), *common, "--seed", "3",
+                 "--output-dir", str(ref), "--no-progress"]) == 0
+    capsys.readouterr()
+    proxy, expected = _weights(art / "blindspot_proxy"), _weights(ref)
+    assert proxy.keys() == expected.keys() and all(torch.equal(proxy[k], expected[k]) for k in proxy)
+    # a second precompute keeps it; unlearn finds it through the same --artifacts-dir
+    before = (art / "blindspot_proxy" / "COMPLETE").read_text()
+    assert main(["precompute", *args]) == 0
+    assert capsys.readouterr().out.startswith(f"kept {art / 'blindspot_proxy'}")
+    assert (art / "blindspot_proxy" / "COMPLETE").read_text() == before
+    args[args.index("model.pretrained=nowhere")] = f"model.pretrained={ref}"
+    assert main(["unlearn", *args, "--output-dir", str(out)]) == 0
+    saved = load_config(out / "config.resolved.yaml")
+    assert saved.method.proxy == str(art / "blindspot_proxy") and saved.method.cond_drop == 0.2
+
+
+def test_precompute_resumes_an_interrupted_proxy_run(tmp_path, capsys):
+    art, ref = tmp_path / "art", tmp_path / "ref"
+    args = ["--config", str(SMOKE / "blindspot.yaml"), *sets(*TINY, "train.steps=1"), "--artifacts-dir", str(art),
+            "--no-progress"]
+    assert main(["precompute", *args]) == 0
+    (art / "blindspot_proxy" / "COMPLETE").unlink()  # as a run stopped after its step-1 checkpoint
+    args[args.index("train.steps=1")] = "train.steps=3"
+    capsys.readouterr()
+    assert main(["precompute", *args]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
+    assert info["resumed"] is True and info["steps"] == 3
+    assert main(["train", "--config", str(SMOKE / "blindspot_proxy.yaml"), *sets(*TINY, "train.steps=3"),
+                 "--output-dir", str(ref), "--no-progress"]) == 0
+    assert json.loads((art / "blindspot_proxy" / "COMPLETE").read_text())["steps"] == 3
+    proxy, expected = _weights(art / "blindspot_proxy"), _weights(ref)
+    assert all(torch.equal(proxy[k], expected[k]) for k in expected)  # resumed = uninterrupted
+
+
+def test_precompute_refuses_a_proxy_config_of_other_forget_classes(tmp_path, capsys):
+    art = tmp_path / "art"
+    other = REPO / "DDPM" / "configs" / "digits_2_8" / "smoke" / "blindspot_proxy.yaml"  # trains without 2 and 8
+    code = main(["precompute", "--config", str(SMOKE / "blindspot.yaml"), *sets(*TINY, f"method.proxy_config={other}"),
+                 "--artifacts-dir", str(art), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not art.exists() and len(err) == 1
+    assert err[0].startswith("error: method.proxy_config") and "[2, 8]" in err[0] and "forgets [0]" in err[0]
+    code = main(["precompute", "--config", str(SMOKE / "blindspot.yaml"), *sets(*TINY, "method.proxy_config=null"),
+                 "--artifacts-dir", str(art), "--no-progress"])
+    assert code == 2 and "config key 'method.proxy_config' is not set" in capsys.readouterr().err and not art.exists()

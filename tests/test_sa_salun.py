@@ -1,15 +1,21 @@
-"""Selective Amnesia and SalUn (PAPER.md §3): Fisher, EWC, surrogate, replay, saliency mask, masked step."""
+"""Selective Amnesia and SalUn (docs/baselines.md): Fisher, EWC, surrogate, replay, saliency mask, masked step."""
+
+import json
+import os
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import SMOKE, TINY, tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from erasediff import checkpoint
 from erasediff.backbones.class_cond import ClassConditionalBackbone
-from erasediff.config import config_from_text
-from erasediff.errors import ErasediffError
 from erasediff.build import build_run
+from erasediff.cli import main
+from erasediff.config import config_from_text, load_config
+from erasediff.errors import ErasediffError
+from erasediff.methods import get_method
 from erasediff.methods import salun as salun_module
 from erasediff.methods.salun import compute_saliency_mask, top_fraction_mask
 from erasediff.methods.selective_amnesia import compute_fisher, fisher_diagonal, fisher_timestep_grid
@@ -198,4 +204,77 @@ def test_missing_or_mismatched_file_fails_before_writing(files, tmp_path, method
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ErasediffError, match=rf"{tmp_path}/bad.safetensors.*{first}.*bogus.weight"):
         attempt(tmp_path / "bad.safetensors")
+    save_file(good | {first: torch.zeros(good[first].numel() + 1)}, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(ErasediffError, match=rf"{tmp_path}/shape.safetensors: '{first}' has shape \({good[first].numel() + 1},\)"):
+        attempt(tmp_path / "shape.safetensors")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------ precompute (declared artifacts)
+def sets(*items: str) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def test_artifact_paths_default_to_the_experiment_folder_unless_set(tmp_path):
+    sa = get_method("selective_amnesia")
+    cfg = tiny_config("selective_amnesia", f"output_root={tmp_path}")
+    assert sa.with_artifact_paths(cfg).method.fisher == str(tmp_path / cfg.experiment / "fisher.safetensors")
+    assert sa.with_artifact_paths(cfg, tmp_path / "a").method.fisher == str(tmp_path / "a" / "fisher.safetensors")
+    given = tiny_config("selective_amnesia", "method.fisher=mine.safetensors")
+    assert sa.with_artifact_paths(given, tmp_path / "a").method.fisher == "mine.safetensors"
+    finetune = tiny_config("finetune")
+    assert get_method("finetune").with_artifact_paths(finetune, tmp_path) == finetune
+
+
+def test_precompute_writes_what_unlearn_reads_and_keeps_it(tmp_path, capsys):
+    art, run, base = tmp_path / "art", tmp_path / "run", tmp_path / "base"
+    build_run(tiny_config("pretrain")).state.model.save_pretrained(base)  # a random-init "Unscrubbed" model
+    over = [*TINY, "train.steps=1", f"model.pretrained={base}"]
+    args = ["--config", str(SMOKE / "salun.yaml"), *sets(*over), "--artifacts-dir", str(art), "--no-progress"]
+    assert main(["precompute", *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    path = art / "salun_mask.safetensors"
+    assert lines[-1] == f"wrote {path} (method.mask)" and json.loads(lines[0])["path"] == str(path)
+    # the same file as computing it from the config directly
+    direct = tmp_path / "direct.safetensors"
+    compute_saliency_mask(load_config(SMOKE / "salun.yaml", over), direct, progress=False)
+    got, want = load_file(str(path)), load_file(str(direct))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    before = path.read_bytes()
+    assert main(["precompute", *args]) == 0
+    assert capsys.readouterr().out.startswith(f"kept {path} (method.mask")
+    assert path.read_bytes() == before
+    assert main(["unlearn", *args, "--output-dir", str(run)]) == 0
+    assert load_config(run / "config.resolved.yaml").method.mask == str(path)
+    # without --artifacts-dir both commands use <output_root>/<experiment>
+    capsys.readouterr()
+    root = ["--config", str(SMOKE / "salun.yaml"), *sets(*TINY, f"output_root={tmp_path / 'res'}"), "--no-progress"]
+    assert main(["precompute", *root]) == 0
+    assert (tmp_path / "res" / load_config(SMOKE / "salun.yaml").experiment / "salun_mask.safetensors").is_file()
+
+
+def test_precompute_of_a_method_without_artifacts_and_bad_input(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["precompute", "--config", str(SMOKE / "erasediff.yaml"), "--artifacts-dir", str(art)]) == 0
+    assert capsys.readouterr().out.strip() == "method 'erasediff' reads no precomputed files: nothing to do"
+    code = main(["precompute", "--config", str(SMOKE / "selective_amnesia.yaml"), *sets("method.fisher_chunks=0"),
+                 "--artifacts-dir", str(art)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: config key 'method.fisher_chunks'")
+    assert not art.exists()
+
+
+def test_param_file_is_never_replaced_when_it_appears_meanwhile(tmp_path, monkeypatch):
+    out, real = tmp_path / "f.safetensors", checkpoint.save_file
+
+    def racing(tensors, filename, metadata=None):  # another process finishes first
+        out.write_bytes(b"theirs")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", racing)
+    with pytest.raises(ErasediffError, match="appeared while it was computed"):
+        checkpoint.save_param_file(out, {"w": torch.ones(2)}, "config: x", "fisher")
+    assert out.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["f.safetensors"]
+    monkeypatch.undo()
+    with pytest.raises(ErasediffError, match="already exists"):
+        checkpoint.save_param_file(out, {"w": torch.ones(2)}, "config: x", "fisher")

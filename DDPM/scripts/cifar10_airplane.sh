@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper Table 1 (and the baselines of the v4 DDPM table), PAPER.md §4.1, §6.1, §6.7: CIFAR10
+# Paper Table 1 (and the baselines of the v4 DDPM table), docs/experiments.md "Table 1": CIFAR10
 # class-conditional DDPM (SA's 38.6M-parameter UNet), forget "airplane" (class 0).
 # Trains the Unscrubbed model (or set BASE=<run dir or converted SA checkpoint dir> to skip it),
 # Retrain and the BlindSpot proxy, unlearns with EraseDiff, EraseDiff without D_r (4.5K generated
@@ -30,8 +30,8 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
   $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE" $(resume_of "$BASE")
-train_all cfg "$OUT" retrain blindspot_proxy
-fisher_and_mask cfg "$BASE" "$OUT"
+train_all cfg "$OUT" retrain
+# every unlearning method after what it reads (BlindSpot's proxy, SA's Fisher, SalUn's mask: `precompute`)
 unlearn_all cfg "$BASE" "$OUT" erasediff erasediff_gr so finetune neggrad blindspot selective_amnesia salun
 # the judge, then every model on the same noise in one process, then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg erasediff)" --output-dir "$CLASSIFIER"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper Table 3 (PAPER.md §4.2, §6.3): CIFAR10 conditional model, DDIM 100-step sampling, forget bird (2)
+# Paper Table 3 (docs/experiments.md "Table 3"): CIFAR10 conditional model, DDIM 100-step sampling, forget bird (2)
 # + ship (8) at once: Unscrubbed, Retrain, Finetune, NegGrad, BlindSpot, EraseDiff.
 # Then SA's ResNet34 judge (or CLASSIFIER=<dir>), per-class FID on 5K images per class, the forget rate
 # and the weight distance to Retrain for every model, printed by `report --layout table3`.
@@ -26,7 +26,7 @@ CLASSIFIER=${CLASSIFIER:-$OUT/classifier}
 BASE=${BASE:-$OUT/base}
 done_or "$BASE" || [ -f "$BASE/conversion.json" ] || \
   $PY -m erasediff train --config "$(cfg pretrain)" "${SETS[@]}" --seed $SEED --output-dir "$BASE" $(resume_of "$BASE")
-train_all cfg "$OUT" retrain blindspot_proxy
+train_all cfg "$OUT" retrain
 unlearn_all cfg "$BASE" "$OUT" erasediff finetune neggrad blindspot
 # the judge, then every model on the same noise in one process (WD to Retrain), then the table
 done_or "$CLASSIFIER/classifier.json" || $PY -m erasediff train-classifier --config "$(cfg eval)" --output-dir "$CLASSIFIER"

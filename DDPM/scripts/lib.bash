@@ -19,8 +19,7 @@ link_base() {
     if [ -e "$base/$f" ] && [ ! -e "$dest/$f" ]; then ln -s "$(realpath "$base/$f")" "$dest/$f"; fi
   done
 }
-# train_all CFGFN OUT RUN...: each RUN (Retrain, the BlindSpot proxy) trained from scratch into OUT/RUN with
-# config `$(CFGFN RUN)`
+# train_all CFGFN OUT RUN...: each RUN (Retrain) trained from scratch into OUT/RUN with config `$(CFGFN RUN)`
 train_all() {
   local cfgfn=$1 out=$2 run; shift 2
   for run in "$@"; do
@@ -28,27 +27,16 @@ train_all() {
         --output-dir "$out/$run" $(resume_of "$out/$run")
   done
 }
-# fisher_and_mask CFGFN BASE OUT: SA's Fisher and SalUn's mask of BASE into OUT (configs `$(CFGFN name)`)
-fisher_and_mask() {
-  local cfgfn=$1 base=$2 out=$3
-  done_or "$out/fisher.safetensors" || $PY -m erasediff fisher --config "$($cfgfn selective_amnesia)" "${SETS[@]}" \
-      --set model.pretrained="$base" --output "$out/fisher.safetensors"
-  done_or "$out/salun_mask.safetensors" || $PY -m erasediff saliency-mask --config "$($cfgfn salun)" "${SETS[@]}" \
-      --set model.pretrained="$base" --output "$out/salun_mask.safetensors"
-}
-# unlearn_all CFGFN BASE OUT METHOD...: every method from BASE into OUT/METHOD with config `$(CFGFN METHOD)`;
-# BlindSpot, SA and SalUn read OUT/blindspot_proxy, OUT/fisher.safetensors and OUT/salun_mask.safetensors
+# unlearn_all CFGFN BASE OUT METHOD...: every method from BASE into OUT/METHOD with config `$(CFGFN METHOD)`:
+# `precompute` makes what the method reads (SA's Fisher, SalUn's mask, BlindSpot's proxy) into OUT (the
+# artifacts dir), then `unlearn` reads it from there; both get the same config and --set items
 unlearn_all() {
-  local cfgfn=$1 base=$2 out=$3 m input; shift 3
+  local cfgfn=$1 base=$2 out=$3 m args; shift 3
   for m in "$@"; do
-    case $m in
-      blindspot) input=(--set method.proxy="$out/blindspot_proxy") ;;
-      selective_amnesia) input=(--set method.fisher="$out/fisher.safetensors") ;;
-      salun) input=(--set method.mask="$out/salun_mask.safetensors") ;;
-      *) input=() ;;
-    esac
-    done_or "$out/$m" || $PY -m erasediff unlearn --config "$($cfgfn "$m")" "${SETS[@]}" "${input[@]}" --seed "$SEED" \
-        --set model.pretrained="$base" --output-dir "$out/$m" $(resume_of "$out/$m")
+    done_or "$out/$m" && continue
+    args=(--config "$($cfgfn "$m")" "${SETS[@]}" --set model.pretrained="$base" --seed "$SEED" --artifacts-dir "$out")
+    $PY -m erasediff precompute "${args[@]}"
+    $PY -m erasediff unlearn "${args[@]}" --output-dir "$out/$m" $(resume_of "$out/$m")
   done
 }
 # evaluate_all CONFIG CLASSIFIER REFERENCE OUT RUN...: every OUT/RUN without eval/metrics.json, in one process on the

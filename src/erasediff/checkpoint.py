@@ -183,3 +183,60 @@ def resolve_pretrained(spec: str) -> tuple[str, str | None]:
     if not looks_like_hub_id:
         raise ErasediffError(f"model path not found: {spec} (expected a run directory, a model directory or a Hub id)")
     return spec, None
+
+
+# ----------------------------------------------- per-parameter files (SA's Fisher, SalUn's mask: docs/baselines.md)
+def fresh_path(path: str | Path) -> Path:
+    """`path` as a Path; ErasediffError if it exists (results are never overwritten, docs/reliability.md)."""
+    out = Path(path)
+    if out.exists():
+        raise ErasediffError(f"output file {out} already exists (results are never overwritten): choose another path")
+    return out
+
+
+def save_param_file(out: Path, tensors: dict[str, torch.Tensor], config_yaml: str, kind: str) -> None:
+    """Write tensors keyed by parameter name to `out`, metadata = format `erasediff-<kind>-v1` and the resolved
+    config (YAML) that made them; never over an existing file.
+
+    Written to a temporary sibling and fsynced, then hard-linked to `out`: the link fails if `out` appeared
+    in the meantime (another process), so no file is ever replaced or seen half-written.
+    """
+    out = fresh_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp),
+                  metadata={"format": f"erasediff-{kind}-v1", "config": config_yaml})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        fix_mode(tmp)
+        try:
+            os.link(tmp, out)
+        except FileExistsError:
+            raise ErasediffError(f"output file {out} appeared while it was computed (another process?): "
+                                 "results are never overwritten") from None
+        fsync_dir(out.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_param_file(path: Path, shapes: dict[str, tuple[int, ...]], what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a per-parameter file whose keys are exactly those of `shapes` (parameter name -> shape),
+    with those shapes; ErasediffError naming `what` (e.g. "method.fisher file F") otherwise."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            if keys != set(shapes):
+                missing, unexpected = sorted(set(shapes) - keys), sorted(keys - set(shapes))
+                raise ErasediffError(
+                    f"{what} does not match the model's trainable parameters: {len(missing)} missing (first: "
+                    f"{missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]})"
+                )
+            tensors = {n: f.get_tensor(n) for n in shapes}
+    except (SafetensorError, OSError) as exc:
+        raise ErasediffError(f"{what} is not a readable safetensors file: {first_line(exc)}") from None
+    for name, shape in shapes.items():
+        got = tuple(tensors[name].shape)
+        if got != tuple(shape):
+            raise ErasediffError(f"{what}: '{name}' has shape {got}, the parameter {tuple(shape)}")
+    return tensors

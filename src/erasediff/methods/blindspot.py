@@ -1,8 +1,12 @@
 """BlindSpot (Tarun et al. 2023, "Deep Regression Unlearning"), stage 2: distil the forget set from a proxy.
 
-Two stages (PAPER.md §3, Baselines table; paper: 100 epochs each):
-1. Proxy: a model trained FROM RANDOM INIT on D_r only, so it never saw D_f. This is an ordinary
-   `train` run of the loop with the finetune objective (`blindspot_proxy.yaml`); no code here.
+Two stages (docs/baselines.md "BlindSpot"; paper: 100 epochs each):
+1. Proxy: a model trained FROM RANDOM INIT on D_r only, so it never saw D_f: an ordinary `train` run
+   of the loop with the finetune objective from the YAML that `proxy_config` names
+   (`blindspot_proxy.yaml`). It is the method's declared artifact (`Method.artifacts`,
+   docs/architecture.md): `erasediff precompute` on the BlindSpot config trains it into `proxy` (unset:
+   <artifacts dir>/blindspot_proxy) with the same --set items (seed, architecture, ...) except method.*
+   and model.pretrained; its dataset and forget classes must be the run's (checked). No code here.
 2. This method: starting from the pretrained model θ, on each step with a forget batch (B_f) and a
    remain batch (B_r), i.e. one batch of D = D_f ∪ D_r,
        L = p_f · [ MSE(ε_θ(x_t^f, t, c_f), sg[ε_proxy(x_t^f, t, c_f)]) + β·L_AT ]
@@ -18,17 +22,15 @@ condition and noisy input as the model.
 
 `proxy` = a run directory (its EMA weights `model_ema/` are used when present) or a model directory,
 loaded once in `setup` with the backbone's `load_model`, frozen, in eval mode and without gradients.
-Not reproduced from the official `train_blindspot` (PAPER.md §3, §7.8): its proxy is initialised from
+Not reproduced from the official `train_blindspot` (docs/baselines.md "BlindSpot"): its proxy is initialised from
 the pretrained checkpoint instead of random init, and its proxy output is computed with `model` (the
 model being unlearned) instead of `proxy_model`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,28 +38,24 @@ from annotated_types import Ge, Interval
 from torch import nn
 
 from ..checkpoint import resolve_pretrained
+from ..config import MethodConfig
 from ..errors import ConfigError, ErasediffError, first_line
 from ..losses import denoising_loss, eps_mse
 from . import register
-from .base import Method, MethodData, TrainState
+from .base import Artifact, Method, MethodData, TrainState
 
 
-@dataclass(frozen=True)
-class BlindSpotConfig:
-    name: str = "blindspot"
-    #: stage-1 proxy: run directory (model/ + model_ema/) or diffusers model directory (local path)
+class BlindSpotConfig(MethodConfig):
+    name: Literal["blindspot"] = "blindspot"
+    #: stage-1 proxy: run directory (model/ + model_ema/) or diffusers model directory (local path);
+    #: null = <artifacts dir>/blindspot_proxy, which `precompute` trains from `proxy_config`
     proxy: Optional[str] = None
+    #: the YAML of the proxy's `train` run (e.g. DDPM/configs/digits/blindspot_proxy.yaml)
+    proxy_config: Optional[str] = None
     #: β of the attention-transfer term (0 = off, the official value; Tarun et al. use 50)
     at_weight: Annotated[float, Ge(0)] = 0.0
     #: label-dropout probability on both halves of the batch (official stage 2: 0.1)
     cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
-
-    def validate(self, path: str) -> None:
-        if not self.proxy:
-            raise ConfigError(
-                f"config key '{path}.proxy' is required: the run directory of the stage-1 proxy "
-                "(train it with blindspot_proxy.yaml)"
-            )
 
 
 def feature_modules(model: nn.Module) -> list[nn.Module]:
@@ -81,15 +79,8 @@ def attention_map(h: torch.Tensor) -> torch.Tensor:
 class BlindSpot(Method):
     name = "blindspot"
     Config = BlindSpotConfig
-
-    def __init__(self, cfg: BlindSpotConfig):
-        super().__init__(cfg)
-        # runs in `build_run` before the run directory is written: a missing proxy leaves nothing behind
-        if not Path(cfg.proxy).exists():
-            raise ErasediffError(
-                f"method.proxy '{cfg.proxy}' not found: train the stage-1 proxy first "
-                "(erasediff train --config DDPM/configs/.../blindspot_proxy.yaml) and pass its run directory"
-            )
+    artifacts = (Artifact(key="proxy", default="blindspot_proxy", train_config="proxy_config",
+                          description="BlindSpot's stage-1 proxy, trained from random init on D_r"),)
 
     def setup(self, state: TrainState, data: MethodData) -> None:
         raw, ema = resolve_pretrained(self.cfg.proxy)

@@ -1,15 +1,15 @@
 """EraseDiff (Wu et al., arXiv 2401.05779): unlearning as a value-function constrained problem.
 
-Problem (PAPER.md §2.1, Eq. 4):   min_θ L_r(θ)   s.t.   q(θ) := L_f(θ) − min_φ L_f(φ) ≤ 0
+Problem (Eq. 4; docs/method.md "The problem"):   min_θ L_r(θ)   s.t.   q(θ) := L_f(θ) − min_φ L_f(φ) ≤ 0
 - L_r(θ) = E_{D_r}‖ε − ε_θ(x_t, t, c)‖²                       (Eq. 1–2, remaining data)
-- L_f(θ) = E_{D_f}‖ε_f − ε_θ(x̃_t, t, c_f)‖²                   (forgetting loss, `target`):
-    `uniform`      ε_f ~ U[0,1) noises the input and is the target       (§1.2(a), paper; DDPM default)
-    `random_label` ε_f = sg[ε_θ(x_t, t, c')], c' another condition       (§1.2(b) official code HEAD;
-                   §1.2(c) for SD, where c' is the surrogate prompt given by the backbone)
+- L_f(θ) = E_{D_f}‖ε_f − ε_θ(x̃_t, t, c_f)‖²                   (`target`; docs/method.md "Forgetting targets"):
+    `uniform`      ε_f ~ U[0,1) noises the input and is the target       (paper; DDPM default)
+    `random_label` ε_f = sg[ε_θ(x_t, t, c')], c' another condition       (official code HEAD;
+                   for SD, where c' is the surrogate prompt given by the backbone)
 
 Algorithm 1, as implemented by `EraseDiff.update` (one call = one outer step i):
 
-    every `block_size` outer steps (official S-block, §2.4):             -> _inner_loop
+    every `block_size` outer steps (official S-block):                  -> _inner_loop
       line 2   φ⁰ ← θ_i                       snapshot of the trainable parameters only
       line 3   φ^{k+1} ← φ^k − ζ∇L_f(φ^k), k < K                        K = `inner_steps`
       line 4   record f* = L_f(φ^K) (a detached number), θ ← φ⁰ in place
@@ -20,15 +20,18 @@ Algorithm 1, as implemented by `EraseDiff.update` (one call = one outer step i):
                  or max(η − cos(g_r, g_q), 0)              (`cosine`, the official code's variant)
     line 8   θ_{i+1} ← θ_i − ζ(g_r + λ_i g_q)        via the loop's optimiser, with gradient clipping
 
-Paper vs official code (PAPER.md §2.4, §7), each behind an option, default = §7's recommendation:
+Paper vs official code, each behind an option (docs/method.md "Options: paper, official code, default"):
 - `inner_optimizer`: "shared" (default, official code) runs the inner steps with the outer Adam, so its
   moments carry the erasure gradients into the next outer steps — the only lasting effect of the inner
   loop in the code; "separate" uses plain SGD with step ζ = `inner_lr` as in Alg. 1 line 3.
 - `phi_value`: "inner_mean" (default, code's `meter.avg`) = mean L_f over the last pass over D_f during
   the inner loop; "final" = L_f evaluated at φ^K on a fresh forget batch (paper). Either way f* is a
   constant and only changes the logged q, never the update (∇q̂ = ∇L_f).
-- `shared_timesteps`: the code reuses the D_r batch's t for the D_f batch (default true).
-- `q_gate`: experimental, λ = 0 when q̂ ≤ 0 (UNCONFIRMED in the paper, §7.2).
+- `shared_timesteps`: reuse the D_r batch's t for the D_f batch. The official uniform-noise code draws
+  its own timesteps for the forget batch; the reuse came only with its random-label rewrite. So the
+  default (null) resolves to false for `target: uniform` and true for `random_label`
+  (docs/method.md "Shared timesteps"); the resolved value is what config.resolved.yaml records.
+- `q_gate`: experimental, λ = 0 when q̂ ≤ 0 (UNCONFIRMED in the paper, docs/method.md "Paper-vs-code choices" 2).
 The official code's bugs are not reproduced: `criteria` is defined (MSE), the random label is always a
 different class, the automatic λ uses `allow_unused` gradients over the trained parameters only, and
 the inner value is stored as a float (the code kept graphs alive in its meter).
@@ -36,21 +39,21 @@ the inner value is stored as a float (the code kept graphs alive in its meter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal, Optional
 
 import torch
 from annotated_types import Ge, Gt, Interval
+from pydantic import model_validator
 
+from ..config import MethodConfig
 from ..errors import ConfigError
 from ..losses import denoising_loss, random_label_target_loss, uniform_target_loss
 from . import register
 from .base import Method, MethodData, TrainState
 
 
-@dataclass(frozen=True)
-class EraseDiffConfig:
-    name: str = "erasediff"
+class EraseDiffConfig(MethodConfig):
+    name: Literal["erasediff"] = "erasediff"
     target: Literal["uniform", "random_label"] = "uniform"
     lambda_mode: Literal["fixed", "paper", "cosine"] = "fixed"
     lambda_value: Annotated[float, Ge(0)] = 0.1  # λ of lambda_mode fixed
@@ -60,10 +63,16 @@ class EraseDiffConfig:
     inner_lr: Optional[Annotated[float, Gt(0)]] = None
     block_size: Annotated[int, Ge(1)] = 36
     phi_value: Literal["inner_mean", "final"] = "inner_mean"
-    shared_timesteps: bool = True
+    shared_timesteps: Optional[bool] = None  # null: false for uniform, true for random_label (docstring)
     q_gate: bool = False
     remain_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
     forget_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _resolve_shared_timesteps(self) -> "EraseDiffConfig":
+        if self.shared_timesteps is None:  # frozen model: the resolved default is set once, here
+            object.__setattr__(self, "shared_timesteps", self.target == "random_label")
+        return self
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
@@ -181,7 +190,7 @@ class EraseDiff(Method):
             (loss_r + lam * loss_f).backward()
         else:
             # line 6 (gradients) over the trained parameters only; allow_unused: e.g. the null-class
-            # row is not in L_r's graph when remain_cond_drop = 0 (the code's crash, PAPER.md §2.4)
+            # row is not in L_r's graph when remain_cond_drop = 0 (the code's crash, docs/method.md "Theorem 1 and the λ rules")
             g_r = torch.autograd.grad(loss_r, state.params, retain_graph=True, allow_unused=True)
             g_q = torch.autograd.grad(loss_f, state.params, allow_unused=True)
             g_r = [torch.zeros_like(p) if g is None else g for g, p in zip(g_r, state.params)]

@@ -2,25 +2,24 @@
 
 The same objective pretrains a base model (data.forget_classes empty, so D_r = D), trains Retrain
 (D_r from random init) and BlindSpot's proxy, and is the λ = 0 reference for EraseDiff.
-Loss: L_r = E‖ε − ε_θ(x_t, t, c)‖² with label dropout `cond_drop` (CFG training, PAPER.md §1).
+Loss: L_r = E‖ε − ε_θ(x_t, t, c)‖² with label dropout `cond_drop` (CFG training, docs/method.md "Notation").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from annotated_types import Interval
 
+from ..config import MethodConfig
 from ..losses import denoising_loss
 from . import register
 from .base import Method, TrainState
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    name: str = "finetune"
+class FinetuneConfig(MethodConfig):
+    name: Literal["finetune"] = "finetune"
     #: probability of training on the null condition instead of c (p_uncond, 0.1 in SA/EraseDiff)
     cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 

@@ -1,6 +1,6 @@
 """NegGrad (Golatkar et al. 2020, "Eternal Sunshine of the Spotless Net"): gradient ascent on D_f.
 
-Objective (PAPER.md §3, Baselines table; paper: 5 epochs on D_f):
+Objective (docs/baselines.md "NegGrad"; paper: 5 epochs on D_f):
     min_θ  −L_f(θ),   L_f(θ) = E_{(x0,c)~D_f, t, ε~N(0,I)} ‖ε − ε_θ(x_t, t, c)‖²
 i.e. the standard ε-MSE (`denoising_loss`) on forget batches, negated, so the loop's descent step
 ascends L_f. `cond_drop` is the label-dropout probability of that loss (default 0: the true forget
@@ -9,25 +9,24 @@ label; the official code calls its loss with the loss function's default dropout
 Option `data`:
 - `forget` (default, the paper): ascend on D_f; the loop draws forget batches only.
 - `remain`: ascend on D_r — reproduces the official code's bug (`train_ng` iterates
-  `trainloader_rem`, PAPER.md §3 and §7.8). Offered only to reproduce the code; not the paper's method.
+  `trainloader_rem`, docs/baselines.md "NegGrad"). Offered only to reproduce the code; not the paper's method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
 from annotated_types import Interval
 
+from ..config import MethodConfig
 from ..losses import denoising_loss
 from . import register
 from .base import Method, TrainState
 
 
-@dataclass(frozen=True)
-class NegGradConfig:
-    name: str = "neggrad"
+class NegGradConfig(MethodConfig):
+    name: Literal["neggrad"] = "neggrad"
     #: which split is ascended: `forget` (paper) or `remain` (the official code's bug)
     data: Literal["forget", "remain"] = "forget"
     #: probability of replacing c by the null condition in the ascended loss

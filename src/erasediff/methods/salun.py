@@ -1,4 +1,4 @@
-"""SalUn (Fan et al., ICLR 2024): saliency-masked unlearning (PAPER.md §3 "SalUn" row; PEERS.md §3).
+"""SalUn (Fan et al., ICLR 2024): saliency-masked unlearning (docs/baselines.md "SalUn"; docs/peers.md "SalUn").
 
 1. Mask (`compute_saliency_mask`, official `generate_mask`): on the raw weights, network in eval mode,
        g = Σ_{batches of D_f} clip(∇_θ L_mask),   m_i = 1 if |g_i| is among the top `mask_fraction`
@@ -19,21 +19,21 @@
      the official pseudo branch is dropped too, ours is not).
    - `forget_loss: neggrad` (official `--method ga`): L_f = −‖ε − ε_θ(x_t, t, c̃_f)‖².
    - L_r: ε-loss on D_r with label dropout `remain_cond_drop` (official: 0.1, the loss default;
-     PEERS.md §3(b)).
+     docs/peers.md "SalUn").
    - α: `alpha`, default 1.0 (the official `--alpha` default, what the EraseDiff code ran). SalUn's
      authors recommend α = 1e-3 for DDPM (issue #19, UNCONFIRMED which the paper used). Reductions
      matter: SalUn's L_r sums over pixels, so their α corresponds to α·C·H·W here (1e-3 -> ~3.07 on
      CIFAR10); the EraseDiff code's L_r is mean-reduced like ours, so its α = 1 is ours.
    - Adam with weight_decay 0 (official): masked-out weights then never move; with AdamW/decay they decay.
-Setup fails before anything is written when `mask` is unset, missing, or keyed differently from the
-model's trainable parameters (ErasediffError naming the file and keys).
+The mask file is the method's declared artifact (`Method.artifacts`, docs/architecture.md): `erasediff
+precompute` computes it into `method.mask` (unset: <artifacts dir>/salun_mask.safetensors) from the same
+config before `unlearn`. A run stops before anything is written when the file is missing, keyed
+differently from the model's trainable parameters, or holds values other than 0/1 (ErasediffError).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -41,19 +41,18 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
-from ..data import InfiniteBatches, forget_remain_split
+from ..checkpoint import fresh_path, save_param_file
+from ..config import MethodConfig, RunConfig, dump_config
+from ..device import resolve_device
 from ..errors import ConfigError, ErasediffError
 from ..losses import denoising_loss, random_label_target_loss
 from . import register
-from .base import Method, MethodData, TrainState
-from .selective_amnesia import fresh_output, load_param_file, prepare_model_and_data, require_file, save_param_file
+from .base import Artifact, Method, MethodData, TrainState
 
 
-@dataclass(frozen=True)
-class SalUnConfig:
-    name: str = "salun"
-    #: safetensors file of the {0,1} mask (the `saliency-mask` command writes it); required when the run is built
+class SalUnConfig(MethodConfig):
+    name: Literal["salun"] = "salun"
+    #: safetensors file of the {0,1} mask (`precompute` writes it); null = <artifacts dir>/salun_mask.safetensors
     mask: Optional[str] = None
     alpha: Annotated[float, Ge(0)] = 1.0
     forget_loss: Literal["random_label", "neggrad"] = "random_label"
@@ -77,25 +76,28 @@ def top_fraction_mask(scores: list[torch.Tensor], fraction: float) -> list[torch
 def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool = True) -> dict[str, Any]:
     """Compute SalUn's weight-saliency mask for `cfg` (a salun config) and write it to `out_path`.
 
-    Loads the model like a run would (raw weights), runs `mask_batches` forget batches (default one
-    pass over D_f) through the guided loss of the module docstring, and writes ONLY `out_path`:
-    safetensors of bool {0,1} tensors keyed by the trainable parameter names, metadata = the resolved
-    config. Refuses an existing `out_path`. Returns a summary (path, batches, ones, parameters, seconds).
+    The method's `mask` artifact. Builds the model and the D_f batches as a run of `cfg` starts from
+    them (`prepare`: raw weights, the loop's forget iterator), runs `mask_batches` forget batches
+    (default one pass over D_f) through the guided loss of the module docstring, and writes ONLY
+    `out_path`: safetensors of bool {0,1} tensors keyed by the trainable parameter names, metadata = the
+    resolved config. Refuses an existing `out_path`. Returns a summary (path, batches, ones, parameters,
+    seconds).
     """
+    from ..prepare import prepare_data, prepare_model  # late: configs load without diffusers
+
     if not isinstance(cfg.method, SalUnConfig):
         raise ConfigError(f"the saliency mask is computed from a salun config (method.name is '{cfg.method.name}')")
     if not cfg.data.forget_classes:
         raise ConfigError("the saliency mask needs the classes to forget: set data.forget_classes (e.g. [0])")
-    m, out, start = cfg.method, fresh_output(out_path), time.perf_counter()
-    run = prepare_model_and_data(cfg, out)
-    s, bb, d = run.state, run.state.backbone, cfg.data
-    forget_idx, _ = forget_remain_split(run.dataset.labels, d.forget_classes, run.dataset.num_classes,
-                                        forget_ratio=d.forget_ratio, seed=cfg.seed)
-    batches = InfiniteBatches(run.dataset.dataset, forget_idx, d.forget_batch_size or d.batch_size,
-                              seed=cfg.seed * 2 + 1, num_workers=d.num_workers, device=bb.device)
+    m, out, start = cfg.method, fresh_path(out_path), time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # a random init (no model.pretrained) is the one a run of cfg starts from
+    _, batches, _ = prepare_data(cfg, device, forget=True, remain=False)  # the loop's D_f iterator
+    s = prepare_model(cfg, device)
+    bb = s.backbone
     n_batches = m.mask_batches or batches.batches_per_epoch
-    guided = dataclasses.replace(cfg.sample, guidance=m.mask_guidance, guidance_convention="sa")
-    gen = torch.Generator(device=s.generator.device).manual_seed(cfg.seed)
+    guided = cfg.sample.model_copy(update={"guidance": m.mask_guidance, "guidance_convention": "sa"})
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in s.params]
     s.model.eval()  # official: model.eval() for the mask
     for _ in tqdm(range(n_batches), desc="saliency mask", unit="batch", disable=not progress):
@@ -112,7 +114,7 @@ def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool =
         for acc, g in zip(grad_sum, grads):
             acc += g.float()
     mask = top_fraction_mask([g.abs() for g in grad_sum], m.mask_fraction)
-    save_param_file(out, dict(zip(s.param_names, mask)), cfg, "saliency-mask")
+    save_param_file(out, dict(zip(s.param_names, mask)), dump_config(cfg), "saliency-mask")
     return {
         "path": str(out),
         "batches": n_batches,
@@ -126,18 +128,19 @@ def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool =
 class SalUn(Method):
     name = "salun"
     Config = SalUnConfig
+    artifacts = (Artifact(key="mask", default="salun_mask.safetensors", compute=compute_saliency_mask,
+                          description="SalUn's weight-saliency mask of model.pretrained"),)
 
     def setup(self, state: TrainState, data: MethodData) -> None:
-        self.mask_path = require_file(self.cfg.mask, "mask", "saliency-mask")
         if self.cfg.forget_loss == "random_label" and not state.backbone.conditional:
             raise ConfigError(
                 f"method.forget_loss 'random_label' needs a conditional model (backbone '{state.cfg.model.backbone}' "
                 "has no other class); valid here: neggrad"
             )
-        self.mask = load_param_file(self.mask_path, "mask", state)
+        self.mask = state.load_param_file(self.cfg.mask, "mask")  # present: build_run checked the artifact
         bad = [n for n, k in zip(state.param_names, self.mask) if not bool(((k == 0) | (k == 1)).all())]
         if bad:
-            raise ErasediffError(f"method.mask file {self.mask_path} holds values other than 0/1 (first: {bad[:3]})")
+            raise ErasediffError(f"method.mask file {self.cfg.mask} holds values other than 0/1 (first: {bad[:3]})")
 
     def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
         bb, model, gen, cfg = state.backbone, state.model, state.generator, self.cfg
