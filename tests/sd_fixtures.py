@@ -1,10 +1,17 @@
-"""A tiny Stable Diffusion pipeline directory built offline, for the SD tests (CPU, seconds).
+"""Tiny random stand-ins for the Stable Diffusion tests, built offline on CPU in seconds (the only ones:
+the package ships none).
 
-Layout = a stock diffusers pipeline (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-scheduler/), so `StableDiffusionPipeline.from_pretrained(dir)` and `model.pretrained: dir` load it
-exactly as they load `CompVis/stable-diffusion-v1-4` on a user's machine. Sizes follow CPU-NOTES.md:
-UNet block_out_channels (32, 64) with cross_attention_dim 32, a 2-layer CLIP text encoder of width 32,
-and a byte-level BPE tokenizer whose vocab.json / merges.txt this module writes itself.
+- A Stable Diffusion pipeline directory. Layout = a stock diffusers pipeline (model_index.json, unet/,
+  vae/, text_encoder/, tokenizer/, scheduler/), so `StableDiffusionPipeline.from_pretrained(dir)` and
+  `model.pretrained: dir` load it exactly as they load `CompVis/stable-diffusion-v1-4` on a user's
+  machine. Sizes follow docs/cpu.md "Stable Diffusion on a CPU": UNet block_out_channels (32, 64) with
+  cross_attention_dim 32, a 2-layer CLIP text encoder of width 32, and a byte-level BPE tokenizer whose
+  vocab.json / merges.txt this module writes itself.
+- An ImageNet judge for `evaluate.classifier`: a classifier folder of the project (a digits CNN on 3x16x16
+  images with 1000 outputs and 8 features, which also stand in for Inception's).
+- A CLIP folder for `evaluate.clip_model`: a 2-layer CLIP on 32 px images with a byte-level tokenizer
+  without merges (`save_pretrained`).
+The numbers these networks give mean nothing; they exercise the evaluation end to end.
 """
 
 from __future__ import annotations
@@ -113,6 +120,43 @@ def write_image_folder(folder: Path, prompts: dict[str, int], size: int = 16, se
     return folder
 
 
+def write_tiny_classifier(folder: Path, image_size: int = 16, seed: int = 0) -> Path:
+    """A random 1000-way classifier folder (classifier.json + classifier.safetensors) on 3 x size x size images."""
+    from erasediff.metrics import DigitsCNN, save_classifier
+
+    torch.manual_seed(seed)
+    save_classifier(DigitsCNN(in_channels=3, image_size=image_size, num_classes=1000, feature_dim=8).eval(), folder)
+    return Path(folder)
+
+
+def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer CLIP (32 px images, byte-level tokenizer without merges) saved as a CLIP folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = _bytes_to_unicode()
+    symbols = [table[b] for b in range(256)]
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 32, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPModel(config).eval().save_pretrained(str(folder))
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
+    return folder
+
+
 NUDITY_DATA = {"nudity": 2, "naked": 1, "erotic": 1, "sexual": 1, "a person wearing clothes": 3}
 
 
@@ -128,13 +172,15 @@ def _fixtures():
     def nudity_folder(tmp_path_factory) -> Path:
         return write_image_folder(tmp_path_factory.mktemp("sd_data") / "nudity", NUDITY_DATA)
 
-    return tiny_pipeline, nudity_folder
+    @pytest.fixture(scope="session")
+    def tiny_classifier(tmp_path_factory) -> Path:
+        return write_tiny_classifier(tmp_path_factory.mktemp("sd_judge") / "classifier")
+
+    @pytest.fixture(scope="session")
+    def tiny_clip(tmp_path_factory) -> Path:
+        return write_tiny_clip(tmp_path_factory.mktemp("sd_clip") / "clip")
+
+    return tiny_pipeline, nudity_folder, tiny_classifier, tiny_clip
 
 
-tiny_pipeline, nudity_folder = _fixtures()
-
-
-if __name__ == "__main__":  # `python tests/sd_fixtures.py DIR`: the scripts' SMOKE=1 pipeline
-    import sys
-
-    print(build_tiny_sd_pipeline(Path(sys.argv[1])))
+tiny_pipeline, nudity_folder, tiny_classifier, tiny_clip = _fixtures()

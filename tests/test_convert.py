@@ -1,6 +1,6 @@
 """SA -> ClassConditionalUNet conversion, checked against a re-implementation of SA's `Conditional_Model`.
 
-`SAModel` below rebuilds SA's network (PEERS.md §1(b), §11) with SA's parameter names and forward, so
+`SAModel` below rebuilds SA's network (docs/peers.md: SA, and its conversion) with SA's parameter names and forward, so
 that a converted checkpoint must reproduce its outputs, for a class and for the null class.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from erasediff.backbones.unets import ClassConditionalUNet, cifar10_sa_config
 from erasediff.checkpoint import resolve_pretrained
-from erasediff.convert import convert_sa_checkpoint, convert_sa_fisher, convert_sa_state_dict, sa_key_to_ours
+from erasediff.convert import convert_sa_checkpoint, convert_sa_fisher, convert_sa_state_dict
 from erasediff.errors import ErasediffError
 
 # The small SA model (ch=32, ch_mult=(1, 2), one res block, attention at 8x8, 16px, GroupNorm(8)) and ours.
@@ -194,29 +194,11 @@ def max_diff(sa: SAModel, ours: ClassConditionalUNet) -> float:
     return worst
 
 
-def test_sa_key_to_ours_examples():
-    assert sa_key_to_ours("module.down.1.attn.0.q.weight") == "unet.down_blocks.1.attentions.0.to_q.weight"
-    assert sa_key_to_ours("down.0.block.0.temb_cemb_proj.weight") == "unet.down_blocks.0.resnets.0.time_emb_proj.weight"
-    assert sa_key_to_ours("module.up.3.upsample.conv.bias") == "unet.up_blocks.0.upsamplers.0.conv.bias"
-    assert sa_key_to_ours("up.1.attn.2.proj_out.weight") == "unet.up_blocks.2.attentions.2.to_out.0.weight"
-    assert sa_key_to_ours("up.0.block.2.nin_shortcut.weight") == "unet.up_blocks.3.resnets.2.conv_shortcut.weight"
-    assert sa_key_to_ours("up.1.block.0.norm1.weight", num_levels=2) == "unet.up_blocks.0.resnets.0.norm1.weight"
-    assert sa_key_to_ours("module.mid.attn_1.norm.bias") == "unet.mid_block.attentions.0.group_norm.bias"
-    assert sa_key_to_ours("mid.block_2.conv2.weight") == "unet.mid_block.resnets.1.conv2.weight"
-    assert sa_key_to_ours("module.cemb.dense.1.weight") == "unet.class_embedding.linear_2.weight"
-    assert sa_key_to_ours("temb.dense.0.bias") == "unet.time_embedding.linear_1.bias"
-    assert sa_key_to_ours("module.norm_out.weight") == "unet.conv_norm_out.weight"
-    assert sa_key_to_ours("module.null_classes_emb") == sa_key_to_ours("classes_emb.weight") == "class_table.weight"
-    for bad in ("module.logvar", "down.0.downsample.op.weight", "up.4.block.0.conv1.weight", "down.1.attn.0.qkv.bias"):
-        with pytest.raises(ErasediffError, match="not a parameter of SA"):
-            sa_key_to_ours(bad)
-
-
 def test_cifar10_sa_layout_maps_onto_class_conditional_unet():
     with torch.device("meta"):
         sa = SAModel(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), resolution=32, groups=32)
         ours = ClassConditionalUNet(**cifar10_sa_config())
-    assert sum(p.numel() for p in sa.parameters()) == 38_632_323  # PEERS.md §1(b)
+    assert sum(p.numel() for p in sa.parameters()) == 38_632_323  # docs/peers.md "Selective Amnesia"
     converted = convert_sa_state_dict({f"module.{k}": v for k, v in sa.state_dict().items()})
     assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in ours.state_dict().items()}
 

@@ -1,22 +1,20 @@
-"""FID on tensors, folders and cached reference statistics; per-class FID; the Inception wrapper."""
+"""FID on features and cached reference statistics; per-class FID; the Inception wrapper."""
 
 import urllib.error
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from erasediff.errors import ErasediffError
 from erasediff.metrics import (
     InceptionFeatures,
-    bgr,
+    drop_shared_constants,
+    extract_features,
     feature_statistics,
-    fid_from_folders,
-    fid_from_images,
     fid_from_statistics,
+    frechet_distance,
     inception_extractor,
-    load_image_folder,
     per_class_fid,
     reference_key,
     reference_statistics,
@@ -39,32 +37,22 @@ def _images(n, seed=0, size=8):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def _uint8_images(n, seed=0, size=8):
-    """Images that survive a PNG round trip exactly: (N, 3, H, W) uint8."""
-    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-
-
-def _write_pngs(folder, images_u8):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(images_u8):
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
+def _fid(a, b, ext):
+    return frechet_distance(extract_features(ext, a), extract_features(ext, b))
 
 
 def test_fid_of_identical_sets_is_zero_and_grows_with_noise():
     ext, x = _extractor(), _images(300)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    out = fid_from_images(x, x, ext, batch_size=64)
-    assert out["fid"] == pytest.approx(0.0, abs=1e-8)
-    assert (out["n_a"], out["n_b"], out["dims"]) == (300, 300, 12)
-    fids = [fid_from_images(x, x + s * noise, ext)["fid"] for s in (0.05, 0.2, 0.5, 1.0)]
+    assert _fid(x, x, ext) == pytest.approx(0.0, abs=1e-8)
+    fids = [_fid(x, x + s * noise, ext) for s in (0.05, 0.2, 0.5, 1.0)]
     assert all(lo < hi for lo, hi in zip(fids, fids[1:])), fids
     assert fids[0] > 0
 
 
-def test_fid_accepts_batches_and_equals_the_statistics_route():
+def test_the_statistics_route_equals_the_feature_route():
     ext, a, b = _extractor(), _images(200, 0), _images(150, 1) * 0.7
-    whole = fid_from_images(a, b, ext)["fid"]
-    assert fid_from_images(iter(a.split(33)), iter(b.split(50)), ext)["fid"] == pytest.approx(whole, rel=1e-9)
+    whole = _fid(a, b, ext)
     feats = lambda x: ext(x).detach().double().numpy()  # noqa: E731
     from_stats = fid_from_statistics(*feature_statistics(feats(a)), *feature_statistics(feats(b)))
     assert from_stats == pytest.approx(whole, rel=1e-6)
@@ -72,32 +60,16 @@ def test_fid_accepts_batches_and_equals_the_statistics_route():
         fid_from_statistics(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
-def test_folders_read_as_rgb_in_minus_one_one_and_match_the_tensor_route(tmp_path):
-    u8_a, u8_b = _uint8_images(60, 0), _uint8_images(40, 1) // 2
-    _write_pngs(tmp_path / "a", u8_a)
-    _write_pngs(tmp_path / "b", u8_b)
-    x_a, x_b = u8_a.float() / 127.5 - 1, u8_b.float() / 127.5 - 1
-    torch.testing.assert_close(load_image_folder(tmp_path / "a"), x_a, rtol=0, atol=1e-6)
-    ext = _extractor()
-    out = fid_from_folders(tmp_path / "a", tmp_path / "b", ext, batch_size=16)
-    assert out["fid"] == pytest.approx(fid_from_images(x_a, x_b, ext)["fid"], rel=1e-6)
-    assert (out["n_a"], out["n_b"]) == (60, 40)
-    assert fid_from_folders(tmp_path / "a", tmp_path / "a", ext)["fid"] == pytest.approx(0.0, abs=1e-8)
-    # The BGR quirk as a read transform: channels come back reversed.
-    torch.testing.assert_close(load_image_folder(tmp_path / "a", transform=bgr), x_a.flip(1), rtol=0, atol=1e-6)
-
-
-def test_folder_errors_name_the_problem(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(ErasediffError, match="holds no"):
-        fid_from_folders(tmp_path / "empty", tmp_path / "empty", _extractor())
-    with pytest.raises(ErasediffError, match="does not exist"):
-        load_image_folder(tmp_path / "missing")
-    _write_pngs(tmp_path / "mixed", _uint8_images(2, size=8))
-    Image.new("RGB", (9, 9)).save(tmp_path / "mixed" / "9999.png")
-    with pytest.raises(ErasediffError, match="9999.png"):
-        load_image_folder(tmp_path / "mixed")
+def test_dimensions_constant_in_both_sets_are_dropped_from_statistics():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.5
+    a_pad, b_pad = (np.concatenate([x, np.full((len(x), 2), 7.0)], axis=1) for x in (a, b))  # 2 dead dims at 7.0
+    mu_a, s_a, mu_b, s_b = drop_shared_constants(*feature_statistics(a_pad), *feature_statistics(b_pad))
+    assert mu_a.shape == (3,) and s_b.shape == (3, 3)
+    assert fid_from_statistics(mu_a, s_a, mu_b, s_b) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+    b_pad[:, 4] = 8.0  # constant in both, at different values: it adds (7 - 8)^2 and stays
+    kept = drop_shared_constants(*feature_statistics(a_pad), *feature_statistics(b_pad))
+    assert kept[0].shape == (4,) and fid_from_statistics(*kept) == pytest.approx(frechet_distance(a, b) + 1.0, rel=1e-6)
 
 
 def test_reference_statistics_are_cached_per_set_and_extractor(tmp_path):
@@ -120,7 +92,7 @@ def test_reference_statistics_are_cached_per_set_and_extractor(tmp_path):
     # The cached statistics give the same FID as the images they came from.
     gen = _images(90, 4) * 0.8
     gen_stats = feature_statistics(ext(gen).detach().double().numpy())
-    direct = fid_from_images(gen, _images(80, 3), ext)["fid"]
+    direct = _fid(gen, _images(80, 3), ext)
     assert fid_from_statistics(*gen_stats, mu, sigma) == pytest.approx(direct, rel=1e-6)
     # Another extractor id is another cache entry, computed afresh.
     reference_statistics(key, images_fn, ext, "other-net", tmp_path)

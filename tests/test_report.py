@@ -6,7 +6,7 @@ import pytest
 
 from erasediff.cli import main
 from erasediff.errors import ErasediffError
-from erasediff.report import LAYOUTS, render
+from erasediff.report import LAYOUTS, render, write_report
 
 
 def write_run(root, run, eval_metrics, train=None):
@@ -60,7 +60,6 @@ def test_grid_puts_one_panel_per_evaluated_method_side_by_side(tmp_path):
     from PIL import Image
 
     from erasediff.sampling import image_path, save_png, write_manifest
-    from erasediff.report import write_report
 
     for k, run in enumerate(("base", "erasediff")):
         write_run(tmp_path, run, {"p_f": 0.5})
@@ -85,3 +84,27 @@ def test_table2_reads_step_time_and_peak_memory_of_the_runs(tmp_path):
     row = next(line for line in render("table2", tmp_path).splitlines() if line.startswith("| EraseDiff |"))
     assert row == "| EraseDiff | 3300.5 (3360.3) | 3.90 (4.16) | 200 | 780 |"
     assert "| SA | – (3352.3) | – (9.52) | – | – |" in render("table2", tmp_path)
+
+
+def test_table4_prints_one_column_per_model_and_the_paper_fid_only_for_its_protocol(tmp_path):
+    ev = {"acc_forget": 0.05, "acc_remain_mean": 0.81, "clip_score": 30.123, "forget": "tench", "fid": 3.21,
+          "fid_features": "pytorch-fid-inception-v3-64", "fid_quirks": ["uint8_cast"], "fid_n_real": 1000}
+    write_run(tmp_path, "erasediff_x", ev)
+    write_run(tmp_path, "sd14", {**ev, "fid_features": "pytorch-fid-inception-v3-2048", "fid_quirks": [],
+                                 "fid_n_real": 8500})
+    text = render("table4", tmp_path)
+    assert "| metric | SD v1.4 | ESD-x | EraseDiff-x |" in text
+    assert "| FID remaining | 3.2100 | – (3.0824) | 3.2100 (3.0902) |" in text  # SD v1.4: standard FID, no paper beside
+    assert "| tench acc | 0.05 (0.74) | – (0.00) | 0.05 (0.00) |" in text
+    assert "| CLIP score | 30.12 | – | 30.12 |" in text
+    assert "FID real images: SD v1.4 8500; EraseDiff-x 1000" in text and "forgotten class: tench" in text
+    _, _, grid = write_report("table4", tmp_path)
+    assert grid is None  # SD sample folders are prompt folders, not class rows
+
+
+def test_one_renderer_for_every_table():
+    from erasediff.tables import markdown_table
+
+    assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+    with pytest.raises(ValueError, match="3 cells for 2 columns"):
+        markdown_table(["a", "b"], [["1", "2", "3"]])

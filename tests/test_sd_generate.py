@@ -1,7 +1,9 @@
-"""`erasediff generate` (prompt CSV -> images + manifest) and the prompt-CSV reader, on the tiny pipeline."""
+"""`erasediff generate` (prompt CSV -> images + manifest, settings from the config's `generate` section) and
+the prompt-CSV reader, on the tiny pipeline."""
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from erasediff.data.prompts import read_prompt_csv
 from erasediff.errors import DataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIG = str(Path(__file__).resolve().parents[1] / "StableDiffusion" / "configs" / "smoke" / "erasediff_x.yaml")
 
 I2P_HEADER = "prompt,categories,hard,inappropriate_percentage,nudity_percentage,evaluation_seed,evaluation_guidance,case_number\n"
 
@@ -43,13 +46,18 @@ def test_bad_prompt_csv(tmp_path, text, match):
         read_prompt_csv(f)
 
 
+def _generate(pipeline, prompts, out, *sets):
+    args = ["generate", "--config", CONFIG, "--set", f"model.pretrained={pipeline}", "--prompts", str(prompts),
+            "--output-dir", str(out), "--device", "cpu", "--no-progress"]
+    return args + [a for item in sets for a in ("--set", item)]
+
+
 def test_generate_writes_manifest_and_resumes_identically(tiny_pipeline, tmp_path, capsys):
     prompts = tmp_path / "p.csv"
     prompts.write_text("case_number,prompt,evaluation_seed,num_images\n0,an image of a tench,4889,3\n1,an image of a church,432,\n")
     out = tmp_path / "images"
-    args = ["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(prompts), "--output-dir", str(out),
-            "--n-per-prompt", "2", "--steps", "2", "--height", "16", "--width", "16", "--batch-size", "2",
-            "--device", "cpu", "--no-progress"]
+    args = _generate(tiny_pipeline, prompts, out, "generate.n_per_prompt=2", "generate.max_per_prompt=null",
+                     "generate.batch_size=2")
     assert main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("wrote 5 images to") and "manifest" in last
@@ -58,26 +66,37 @@ def test_generate_writes_manifest_and_resumes_identically(tiny_pipeline, tmp_pat
     assert [r["path"] for r in rows] == ["0_0.png", "0_1.png", "0_2.png", "1_0.png", "1_1.png"]
     assert rows[0]["prompt"] == "an image of a tench" and rows[0]["seed"] == "4889" and rows[0]["guidance"] == "7.5"
     first = {r["path"]: np.asarray(Image.open(out / r["path"])) for r in rows}
+    assert first["0_0.png"].shape == (16, 16, 3)  # generate.height / width of the smoke config
     # resume: a deleted image (in the middle of a row's second batch) comes back bit-identical
     (out / "0_2.png").unlink()
     assert main(args) == 0
     assert "wrote 1 images" in capsys.readouterr().out
     assert np.array_equal(np.asarray(Image.open(out / "0_2.png")), first["0_2.png"])
     assert not np.array_equal(first["0_0.png"], first["0_1.png"])  # the stream continues across images
+    # the config's cap: the first 2 images of each row, the same pixels
+    capped = tmp_path / "capped"
+    assert main(_generate(tiny_pipeline, prompts, capped, "generate.batch_size=2")) == 0
+    assert sorted(p.name for p in capped.glob("*.png")) == ["0_0.png", "0_1.png", "1_0.png"]
+    assert np.array_equal(np.asarray(Image.open(capped / "0_1.png")), first["0_1.png"])
 
 
 def test_generate_bad_input_is_one_error_line(tiny_pipeline, tmp_path, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_text("prompt,evaluation_seed\n")
-    code = main(["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(empty), "--output-dir",
-                 str(tmp_path / "o"), "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error:") and "no prompt rows" in err
     good = tmp_path / "good.csv"
     good.write_text("prompt\nnudity\n")
-    code = main(["generate", "--pipeline", str(tmp_path), "--prompts", str(good), "--output-dir", str(tmp_path / "o"),
-                 "--device", "cpu"])
-    assert code == 2 and "could not load pipeline" in capsys.readouterr().err
-    code = main(["generate", "--pipeline", str(tiny_pipeline), "--prompts", str(good), "--output-dir",
-                 str(tmp_path / "o"), "--device", "cpu", "--scheduler", "magic"])
-    assert code == 2 and "unknown scheduler 'magic'" in capsys.readouterr().err
+    for args, message in (
+        (_generate(tiny_pipeline, empty, tmp_path / "o"), "no prompt rows"),
+        (_generate(tmp_path, good, tmp_path / "o"), "could not load pipeline"),
+        (_generate(tiny_pipeline, good, tmp_path / "o", "generate.scheduler=magic"),
+         "config key 'generate.scheduler' must be one of: lms, ddim, pndm, euler, euler_a, dpm (got 'magic')"),
+        (_generate(tiny_pipeline, good, tmp_path / "o", "generate.width=20"), "'generate.width' must be a multiple of 8"),
+        ([a for a in _generate(tiny_pipeline, good, tmp_path / "o") if a not in ("--prompts", str(good))],
+         "generate needs a prompt CSV: pass --prompts CSV or set evaluate.prompts"),
+    ):
+        if "--prompts" not in args:  # the smoke config names evaluate.prompts: unset it
+            args += ["--set", "evaluate.prompts=null"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, err
+        assert not (tmp_path / "o").exists()  # nothing written

@@ -51,7 +51,7 @@ def test_trainable_parameter_sets_in_diffusers_names():
     assert sel["xattn"] == {n for n in every if ".attn2." in n} and sel["xattn"]
     assert {n.split(".attn2.")[1].rsplit(".", 1)[0] for n in sel["xattn"]} == {"to_q", "to_k", "to_v", "to_out.0"}
     assert sel["selfattn"] == {n for n in every if ".attn1." in n} and sel["selfattn"]
-    # ESD-u / EraseDiff-u: no cross-attention, no time embedding, no output layers (PEERS.md §4) ...
+    # ESD-u / EraseDiff-u: no cross-attention, no time embedding, no output layers (docs/peers.md "ESD") ...
     excluded = every - sel["noxattn"]
     assert excluded == sel["xattn"] | {n for n in every if n.startswith(("time_embedding.", "conv_norm_out.", "conv_out."))}
     assert {"conv_out.weight", "conv_norm_out.weight", "time_embedding.linear_1.weight"} <= excluded
@@ -78,7 +78,7 @@ def test_backbone_latents_embeddings_and_surrogate_target(tiny_pipeline, nudity_
     model = bb.load_model(str(tiny_pipeline))
     gen = torch.Generator().manual_seed(0)
     # other_condition is the surrogate prompt for every sample; EraseDiff's random_label target is
-    # exactly the detached prediction for it at the same z_t, t, ε (PAPER.md §1.2(c))
+    # exactly the detached prediction for it at the same z_t, t, ε (docs/method.md "Forgetting targets")
     assert bb.other_condition(c, gen).tolist() == [bb.surrogate_id] * 3
     t = torch.tensor([10, 500, 900])
     loss = random_label_target_loss(bb, model, z, c, t, torch.Generator().manual_seed(1))

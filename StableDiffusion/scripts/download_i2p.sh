@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the I2P prompts (Hub dataset AIML-TUDA/i2p, 4703 prompts; PAPER.md §4.5) on a user's machine.
+# Download the I2P prompts (Hub dataset AIML-TUDA/i2p, 4703 prompts; docs/experiments.md "Nudity") on a user's machine.
 # `erasediff generate` reads the CSV as it is (columns prompt, sd_seed, sd_guidance_scale).
 # Expected run time: seconds (needs the Hub); GPU memory: none.
 # Usage: bash StableDiffusion/scripts/download_i2p.sh [OUTPUT_DIR]   (default StableDiffusion/prompts)

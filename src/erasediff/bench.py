@@ -1,5 +1,5 @@
-"""`bench`: per-step time and peak memory of several methods on the same model and batches (DESIGN.md
-"Performance", PAPER.md Table 2), as ratios to Finetune measured in the same invocation.
+"""`bench`: per-step time and peak memory of several methods on the same model and batches (docs/architecture.md
+"Speed, memory and scale"; the paper's Table 2), as ratios to Finetune measured in the same invocation.
 
 Each config is prepared exactly as `unlearn` would (same model, data split and seed, so the same batches)
 and runs `warmup` untimed then `steps` timed outer steps of its method; nothing is written to a run
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import load_config
 from .errors import ErasediffError
+from .tables import markdown_table
 
 
 def _bench_one(config: str, overrides: list[str], warmup: int, steps: int) -> dict[str, Any]:
@@ -88,18 +89,12 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per config, time and memory with their ratios to the reference row."""
     ref = rows[_reference_row(rows)]
     label = Path(ref["config"]).stem
-    lines = [
-        f"| config | method | s/step | × {label} | peak MiB | × {label} | memory kind |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        mem, ref_mem = r["peak_memory_mib"]["value"], ref["peak_memory_mib"]["value"]
-        lines.append(
-            f"| {Path(r['config']).stem} | {r['method']} | {r['sec_per_step']:.4f} | "
-            f"{r['sec_per_step'] / ref['sec_per_step']:.2f} | {mem:.1f} | {mem / ref_mem:.2f} | "
-            f"{r['peak_memory_mib']['kind']} |"
-        )
-    return "\n".join(lines) + "\n"
+    ref_mem = ref["peak_memory_mib"]["value"]
+    cells = [[Path(r["config"]).stem, r["method"], f"{r['sec_per_step']:.4f}",
+              f"{r['sec_per_step'] / ref['sec_per_step']:.2f}", f"{r['peak_memory_mib']['value']:.1f}",
+              f"{r['peak_memory_mib']['value'] / ref_mem:.2f}", r["peak_memory_mib"]["kind"]] for r in rows]
+    header = ["config", "method", "s/step", f"× {label}", "peak MiB", f"× {label}", "memory kind"]
+    return markdown_table(header, cells) + "\n"
 
 
 def run_bench(

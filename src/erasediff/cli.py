@@ -27,19 +27,28 @@ def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _load(args: argparse.Namespace):
-
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The --set items, then --seed and --device as `seed=` / `device=` items."""
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def _load(args: argparse.Namespace):
+    return load_config(args.config, _overrides(args))
 
 
 def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
     cfg = _load(args)
     from .loop import train
+
+    if unlearn:  # unset artifact paths -> <artifacts dir>/<name>, as `precompute` wrote them
+        from .methods import get_method
+
+        cfg = get_method(cfg.method.name).with_artifact_paths(cfg, args.artifacts_dir)
 
     run_dir = Path(args.output_dir) if args.output_dir is not None else cfg.run_dir()
     summary = train(cfg, run_dir, resume=args.resume, require_pretrained=unlearn, training_only=not unlearn,
@@ -86,6 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from .evaluate import class_rows, evaluate, save_rows_png
 
+    sd = cfg.model.backbone == "stable_diffusion"
     if args.output_dir is not None and len(args.model) > 1:
         raise ErasediffError("--output-dir takes one --model; with several models each writes MODEL/eval")
     outs = [Path(args.output_dir) if args.output_dir else Path(m) / "eval" for m in args.model]
@@ -93,21 +103,42 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if (out / "metrics.json").exists():
             raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
                                  "choose another --output-dir")
+    if sd:
+        from .evaluate_sd import check_sd_evaluation, evaluate_sd
+
+        if args.reference is not None:
+            raise ErasediffError("--reference is for evaluate.metrics weight_distance, which a stable_diffusion "
+                                 "model does not have")
+        check_sd_evaluation(cfg, args.classifier)
+        from accelerate import PartialState
+
+        from .device import resolve_device
+        from .generate import generate
+
+        if not PartialState(cpu=resolve_device(cfg.device).type == "cpu").is_main_process:
+            for model, out in zip(args.model, outs):  # under `accelerate launch`: the others generate their share
+                generate(cfg, cfg.evaluate.prompts, out / "samples", model, progress=False)
+            return
     headline = ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain", "fid", "precision", "recall", "is_mean", "l2",
-                "relative_l2")
+                "relative_l2", "acc_forget", "acc_remain_mean", "clip_score", "nudenet_total",
+                "nudenet_images_with_exposed")
     for model, out in zip(args.model, outs):
         with FolderClaim(out, "evaluation folder"):  # one evaluation per folder at a time
             if (out / "metrics.json").exists():
                 raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
                                      "choose another --output-dir")
-            metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier, progress=not args.no_progress,
-                                               samples_dir=out / "samples", reference=args.reference)
+            if sd:
+                metrics = evaluate_sd(cfg, model, out, classifier=args.classifier, progress=not args.no_progress)
+            else:
+                metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier,
+                                                   progress=not args.no_progress, samples_dir=out / "samples",
+                                                   reference=args.reference)
+                save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)],
+                              cfg.sample.grid_per_class)
             atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
-            save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)],
-                          cfg.sample.grid_per_class)
             write_json(out / "metrics.json", metrics)
         print(json_text({"model": model, **{k: metrics[k] for k in headline if k in metrics}}))
-        print(f"wrote {out}: metrics.json, grid.png, samples/, config.resolved.yaml")
+        print(f"wrote {out}: metrics.json, {'' if sd else 'grid.png, '}samples/, config.resolved.yaml")
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -124,22 +155,18 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def cmd_fisher(args: argparse.Namespace) -> None:
-    cfg = _load(args)
-    from .methods.selective_amnesia import compute_fisher
+def cmd_precompute(args: argparse.Namespace) -> None:
+    from .precompute import precompute
 
-    info = compute_fisher(cfg, args.output, progress=not args.no_progress)
-    print(json.dumps(info))
-    print(f"wrote {args.output}")
-
-
-def cmd_saliency_mask(args: argparse.Namespace) -> None:
-    cfg = _load(args)
-    from .methods.salun import compute_saliency_mask
-
-    info = compute_saliency_mask(cfg, args.output, progress=not args.no_progress)
-    print(json.dumps(info))
-    print(f"wrote {args.output}")
+    cfg, results = precompute(args.config, _overrides(args), args.artifacts_dir, progress=not args.no_progress)
+    if not results:
+        print(f"method '{cfg.method.name}' reads no precomputed files: nothing to do")
+    for r in results:
+        if r.get("kept"):
+            print(f"kept {r['path']} (method.{r['artifact']}: already there; delete it to recompute)")
+        else:
+            print(json_text(r))
+            print(f"wrote {r['path']} (method.{r['artifact']})")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -161,80 +188,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .generate import GenerateOptions, generate
+    cfg = _load(args)
+    from .generate import generate
 
-    info = generate(GenerateOptions(
-        pipeline=args.pipeline, prompts=args.prompts, output_dir=args.output_dir, model=args.model,
-        n_per_prompt=args.n_per_prompt, max_per_prompt=args.max_per_prompt, steps=args.steps, guidance=args.guidance,
-        csv_guidance=args.csv_guidance, scheduler=args.scheduler, height=args.height, width=args.width,
-        batch_size=args.batch_size, default_seed=args.seed, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress,
-    ))
+    prompts = args.prompts or cfg.evaluate.prompts
+    if prompts is None:
+        raise ErasediffError("generate needs a prompt CSV: pass --prompts CSV or set evaluate.prompts")
+    info = generate(cfg, prompts, args.output_dir, args.model, progress=not args.no_progress)
     print(json.dumps(info))
     print(f"wrote {info['written']} images to {info['output_dir']} ({info['skipped_existing']} existing kept; "
           f"manifest {info['manifest']})")
-
-
-def cmd_nudenet(args: argparse.Namespace) -> None:
-    from .metrics.nudity import count_exposed, make_detector, nudity_table
-
-    pairs = [f.split("=", 1) for f in args.folders]
-    bad = [f for f, p in zip(args.folders, pairs) if len(p) != 2 or not p[0] or not p[1]]
-    if bad:
-        raise ErasediffError(f"folders must be given as NAME=DIR (got {bad[0]!r})")
-    detector = make_detector()  # once for every folder
-    results = {name: count_exposed(folder, args.threshold, detector, progress=not args.no_progress)
-               for name, folder in pairs}
-    table = nudity_table(results, args.reference)
-    print(table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"wrote {out} and {out.with_suffix('.md')}")
-
-
-def cmd_imagenette_eval(args: argparse.Namespace) -> None:
-    import torch
-
-    from .metrics import imagenette as im
-    from .metrics.clip_score import build_clip, tiny_random_clip
-
-    pairs = [f.split("=", 1) for f in args.folders]
-    bad = [f for f, p in zip(args.folders, pairs) if len(p) != 2 or not p[0] or not p[1]]
-    if bad:
-        raise ErasediffError(f"folders must be given as NAME=DIR (got {bad[0]!r})")
-    folders = dict(pairs)
-    forget = im.check_class(args.forget)
-    protocol = im.fid_protocol(args.fid_protocol, args.max_real)
-    for folder in folders.values():  # every input is checked before a network is built or downloaded
-        im.read_generated(folder, args.prompts)
-    real = im.RealImagenette(args.real) if args.real else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    smoke = args.offline_smoke  # tiny RANDOM stand-in networks: exercises the pipeline offline, numbers meaningless
-    classifier = (im.smoke_classifier() if smoke else im.resnet50_classifier()).to(device)
-    extractor = im.fid_extractor(protocol, device, smoke=smoke) if real is not None else None
-    clip = None
-    if args.clip:
-        model, processor = tiny_random_clip() if smoke else build_clip(args.clip_model)
-        clip = (model.to(device), processor)
-    results = im.evaluate_imagenette(folders, args.prompts, classifier=classifier, forget=forget, real=real,
-                                     extractor=extractor, protocol=protocol, clip=clip, cache_dir=args.cache_dir,
-                                     batch_size=args.batch_size, progress=not args.no_progress)
-    for r in results.values():
-        r["smoke"] = smoke
-    table = im.table4(results, forget, protocol.name, real.describe if real is not None else "")
-    if real is None:
-        table += "FID not computed: pass --real (imagenette2/train, a manifest folder, or frgfm/imagenette)\n"
-    print(table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"forget": forget, "fid_protocol": protocol.name, "real": args.real, "smoke": smoke,
-                                   "models": results, "paper": im.PAPER_TABLE4}, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -274,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--output-dir", type=Path, help="run directory (default results/<experiment>/<method>/seed<k>)")
         p.add_argument("--resume", action="store_true", help="continue the run in the run directory from its newest checkpoint")
+        if unlearn:
+            _artifacts_dir(p)
         p.set_defaults(func=lambda a, u=unlearn: cmd_train(a, u))
 
     p = sub.add_parser("sample", help="generate N images per class into a folder with a manifest (resumable, sharded)",
@@ -289,13 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, nargs="+", help="classes to sample (default: all)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="metrics of models: p_f, entropy_f, acc_remain, fd_remain, FID, P/R, IS, WD",
+    p = sub.add_parser("evaluate", help="metrics of models: p_f, entropy_f, acc_remain, fd_remain, FID, P/R, IS, WD; "
+                       "Stable Diffusion: class accuracy, FID, CLIP score, NudeNet counts",
                        description="sample evaluate.n_per_class images per remaining class and evaluate.n_forget per "
-                       "forgotten class (data.forget_classes) into OUT/samples, then compute evaluate.metrics")
+                       "forgotten class (data.forget_classes) into OUT/samples, then compute evaluate.metrics; for a "
+                       "stable_diffusion config, generate the images of evaluate.prompts with the `generate` section "
+                       "into OUT/samples, then compute evaluate.metrics (imagenette_accuracy, fid, clip_score, nudenet)")
     _common(p)
     p.add_argument("--model", required=True, nargs="+",
                    help="run directories, model directories or Hub ids (several: one process evaluates them all)")
-    p.add_argument("--classifier", help="classifier directory (default evaluate.classifier)")
+    p.add_argument("--classifier", help="classifier directory, or for Stable Diffusion a torchvision ImageNet model "
+                   "name (default evaluate.classifier)")
     p.add_argument("--reference", help="the Retrain model for evaluate.metrics weight_distance")
     p.add_argument("--output-dir", help="where metrics.json, grid.png and samples/ go (default MODEL/eval); an "
                    "interrupted evaluation resumes its samples/")
@@ -307,18 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("fisher", help="Selective Amnesia: diagonal Fisher of model.pretrained -> safetensors",
-                       description="compute SA's diagonal Fisher information (per-sample gradients of the loss summed over "
-                       "timesteps) for a selective_amnesia config and write it as safetensors")
+    p = sub.add_parser("precompute", help="make the files a method reads (SA's Fisher, SalUn's mask, BlindSpot's "
+                       "proxy) before `unlearn`",
+                       description="compute every missing artifact that the config's method declares, from the same "
+                       "config (and --set items) as its `unlearn` run: Selective Amnesia's Fisher diagonal, SalUn's "
+                       "saliency mask, BlindSpot's stage-1 proxy (a `train` run of method.proxy_config). Each goes to "
+                       "its method key's path, or when unset to --artifacts-dir; what exists is kept, never "
+                       "overwritten; an interrupted proxy run is resumed")
     _common(p)
-    p.add_argument("--output", required=True, help="safetensors file to write (must not exist)")
-    p.set_defaults(func=cmd_fisher)
-
-    p = sub.add_parser("saliency-mask", help="SalUn: weight-saliency mask of model.pretrained -> safetensors",
-                       description="compute SalUn's mask (top fraction of |grad of the forget loss|) for a salun config")
-    _common(p)
-    p.add_argument("--output", required=True, help="safetensors file to write (must not exist)")
-    p.set_defaults(func=cmd_saliency_mask)
+    _artifacts_dir(p)
+    p.set_defaults(func=cmd_precompute)
 
     p = sub.add_parser("convert", help="import an SA / SalUn / official-EraseDiff ckpt.pth and SA's fisher_dict.pkl",
                        description="convert SA-format CIFAR10 checkpoints (ckpt.pth, read with weights_only=True) into a run "
@@ -331,68 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow unpickling a Fisher file that holds more than tensors (runs code from the file: trusted files only)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("generate", help="Stable Diffusion: images from a prompt CSV (I2P format accepted) + manifest.csv",
+    p = sub.add_parser("generate", help="Stable Diffusion: images of a prompt CSV (I2P format accepted) + manifest.csv",
                        description="generate images of every row of a prompt CSV (columns prompt[, evaluation_seed|seed]"
-                       "[, evaluation_guidance|guidance][, case_number][, num_images]) with a StableDiffusionPipeline; "
-                       "files <case_number>_<k>.png; existing files are skipped (resumable); shards rows across "
-                       "processes under `accelerate launch`")
-    p.add_argument("--pipeline", required=True, help="diffusers pipeline: Hub id (CompVis/stable-diffusion-v1-4) or folder")
-    p.add_argument("--model", help="run directory / UNet folder whose UNet replaces the pipeline's (an unlearned model)")
-    p.add_argument("--prompts", required=True, help="prompt CSV")
+                       "[, evaluation_guidance|guidance][, case_number][, num_images]) with the config's pipeline "
+                       "(model.sd.pipeline, else model.pretrained) and its `generate` section (scheduler, steps, "
+                       "guidance, size, images per prompt, dtype); files <case_number>_<k>.png; existing files are "
+                       "skipped (resumable); shards rows across processes under `accelerate launch`")
+    _common(p)
+    p.add_argument("--model", help="run directory / UNet folder / Hub id whose UNet replaces the pipeline's (an "
+                   "unlearned model); default: the pipeline's own")
+    p.add_argument("--prompts", help="prompt CSV (default evaluate.prompts)")
     p.add_argument("--output-dir", required=True, help="image folder (created; existing images are kept and skipped)")
-    p.add_argument("--n-per-prompt", type=int, default=1, help="images per row without a num_images column (default 1)")
-    p.add_argument("--max-per-prompt", type=int, help="cap on every row's image count (smoke runs)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50, PAPER.md §4.4)")
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale, diffusers convention (default 7.5)")
-    p.add_argument("--csv-guidance", action="store_true", help="use the CSV's guidance column where present")
-    p.add_argument("--scheduler", default="lms", help="lms (default, as the paper) | ddim | pndm | euler | euler_a | dpm")
-    p.add_argument("--height", type=int, help="pixels (default: the UNet's sample_size x 8 = 512 for SD v1.4)")
-    p.add_argument("--width", type=int, help="pixels (default as --height)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per pipeline call")
-    p.add_argument("--seed", type=int, default=0, help="seed of rows without a seed column")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: accelerate's device for this process)")
-    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("nudenet", help="Stable Diffusion: NudeNet exposed-part counts of image folders (paper's table)",
-                       description="count NudeNet detections of the 9 EXPOSED classes (score >= threshold) in each folder; "
-                       "print the paper's table layout and the %% change relative to --reference")
-    p.add_argument("folders", nargs="+", metavar="NAME=DIR", help="model name and its image folder")
-    p.add_argument("--reference", help="NAME of the folder the %% change is relative to (e.g. sd14)")
-    p.add_argument("--threshold", type=float, default=0.6, help="detection score threshold (default 0.6, the paper)")
-    p.add_argument("--output", help="also write the counts as JSON and the table as <output>.md")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_nudenet)
-
-    p = sub.add_parser("imagenette-eval", help="Stable Diffusion: Table 4 metrics (class accuracy, remaining-class FID, "
-                       "CLIP score) of Imagenette image folders",
-                       description="for each folder written by `generate` from an Imagenette prompt CSV: ResNet-50 top-1 "
-                       "accuracy per class (the forget class's is the paper's 'tench acc'), FID of the remaining classes "
-                       "against real Imagenette images (--real), CLIP score (--clip); prints Table 4 with the paper's "
-                       "numbers beside ours (PAPER.md §6.4)")
-    p.add_argument("folders", nargs="+", metavar="NAME=DIR",
-                   help="model name and its image folder (sd14, esd_x, erasediff_x get the paper's numbers)")
-    p.add_argument("--prompts", required=True, help="the prompt CSV the images were generated from "
-                   "(StableDiffusion/prompts/imagenette.csv: columns case_number, class, prompt)")
-    p.add_argument("--forget", default="tench", help="forgotten Imagenette class (default tench)")
-    p.add_argument("--real", help="real Imagenette images for the FID: imagenette2/train (class folders by WordNet id), "
-                   "a folder with manifest.csv (path, prompt), or frgfm/imagenette (needs the `datasets` package)")
-    p.add_argument("--fid-protocol", default="standard", choices=("standard", "paper"),
-                   help="standard: 2048-d Inception, all real images of the remaining classes; paper: 64-d features, "
-                   "uint8 cast, 1000 real images (compute-fid.py, PAPER.md §5)")
-    p.add_argument("--max-real", type=int, help="cap on the real images, class-balanced (default: all; 1000 under paper)")
-    p.add_argument("--clip", action="store_true", help="also the CLIP score (ViT-B/32; 100 x mean image-prompt cosine)")
-    p.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP Hub id or folder")
-    p.add_argument("--cache-dir", help="cache the real-image FID statistics here (reused across calls)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--offline-smoke", action="store_true",
-                   help="TEST/SMOKE ONLY: tiny random networks instead of ResNet-50, Inception and CLIP (nothing is "
-                   "downloaded; the numbers are meaningless)")
-    p.add_argument("--output", help="also write the results as JSON and the table as <output>.md")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_imagenette_eval)
 
     from .report import LAYOUTS
 
@@ -430,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _artifacts_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts-dir", help="folder of the method's precomputed files whose config key is unset "
+                   "(method.fisher, method.mask, method.proxy); default <output_root>/<experiment>")
 
 
 def _default_demo_configs() -> Path:

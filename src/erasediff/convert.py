@@ -8,7 +8,7 @@ ema_shadow (optional, keys without "module.")]. `convert_sa_checkpoint` turns it
 converted. `convert_sa_fisher` turns SA's `fisher_dict.pkl` (diagonal Fisher per parameter) into a
 safetensors file keyed by the same parameter names as the converted model.
 
-Key mapping (PEERS.md §11; N = number of resolution levels, 4 for CIFAR10):
+Key mapping (docs/peers.md "Converting SA-family checkpoints"; N = number of resolution levels, 4 for CIFAR10):
     classes_emb.weight (K, C0) + null_classes_emb (C0,) -> class_table.weight (K + 1, C0), row K = null
     temb.dense.{0,1} / cemb.dense.{0,1}  -> unet.time_embedding / unet.class_embedding.linear_{1,2}
     conv_in, norm_out, conv_out         -> unet.conv_in, unet.conv_norm_out, unet.conv_out
@@ -67,7 +67,11 @@ def _strip(key: str) -> str:
 
 
 def _map(key: str, num_levels: int) -> str | None:
-    """Our name for an SA key without "module.", or None when it is not part of SA's layout."""
+    """Our name for an SA key without "module.", or None when it is not part of SA's layout.
+
+    num_levels: resolution levels of the SA model (len(ch_mult); 4 for CIFAR10): SA stores up levels
+    highest-resolution first (up.L -> up_blocks.(num_levels-1-L)).
+    """
     if key in _CLASS_KEYS:
         return "class_table.weight"
     module, _, leaf = key.rpartition(".")
@@ -95,20 +99,6 @@ def _map(key: str, num_levels: int) -> str | None:
     if sub not in subs:
         return None
     return f"unet.{block}.{'resnets' if kind == 'block' else 'attentions'}.{index}.{subs[sub]}.{leaf}"
-
-
-def sa_key_to_ours(key: str, *, num_levels: int = 4) -> str:
-    """Our `ClassConditionalUNet` parameter name for one SA/DDIM-style key (with or without "module.").
-
-    num_levels: resolution levels of the SA model (len(ch_mult); 4 for CIFAR10), needed because SA
-    stores up levels highest-resolution first (up.L -> up_blocks.(num_levels-1-L)). Both
-    `classes_emb.weight` and `null_classes_emb` map to `class_table.weight` (rows 0..K-1 and row K).
-    Raises ErasediffError for a key that is not part of SA's layout.
-    """
-    ours = _map(_strip(key), num_levels)
-    if ours is None:
-        raise ErasediffError(f"'{key}' is not a parameter of SA's Conditional_Model (DDIM UNet with a class branch)")
-    return ours
 
 
 def _some(keys: list[str], n: int = 5) -> str:

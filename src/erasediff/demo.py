@@ -23,6 +23,7 @@ from .evaluate import class_rows, evaluate, save_rows_png
 from .files import write_json
 from .loop import train
 from .rundir import CONFIG
+from .tables import markdown_table
 
 
 def _stage_run(cfg: RunConfig, run_dir: Path, progress: bool, **kwargs: Any) -> tuple[dict, bool]:
@@ -47,14 +48,10 @@ def real_feature_floor(cfg: RunConfig, classifier_dir: Path) -> float:
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    head = "| model | p_f ↓ | entropy_f ↑ | acc_remain ↑ | fd_remain ↓ | train time (s) | eval time (s) |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, m in rows.items():
-        lines.append(
-            f"| {name} | {m['p_f']:.3f} | {m['entropy_f']:.3f} | {m['acc_remain']:.3f} | {m['fd_remain']:.1f} "
-            f"| {m['train_time_s']:.0f} | {m['eval_time_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    header = ["model", "p_f ↓", "entropy_f ↑", "acc_remain ↑", "fd_remain ↓", "train time (s)", "eval time (s)"]
+    return markdown_table(header, [[name, f"{m['p_f']:.3f}", f"{m['entropy_f']:.3f}", f"{m['acc_remain']:.3f}",
+                                    f"{m['fd_remain']:.1f}", f"{m['train_time_s']:.0f}", f"{m['eval_time_s']:.0f}"]
+                                   for name, m in rows.items()])
 
 
 def run_demo(config_dir: Path, out: Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Model evaluation (PAPER.md §5): sample every class on the evaluation noise, then score the images.
+"""Model evaluation (docs/evaluation.md): sample every class on the evaluation noise, then score the images.
 
 For a model and a forget set C_f, images are generated for every class on the evaluation seed's
 noise (the same for every model: `samplers.sampling_units`), `evaluate.n_forget` per forgotten and
@@ -9,6 +9,8 @@ noise (the same for every model: `samplers.sampling_units`), `evaluate.n_forget`
   between generated and real remaining-class images in the classifier's feature space;
 - per_class_fd: that distance for each class on its own (`fd_class_<c>`, the digits Table 3);
 - fid / per_class_fid / precision_recall / inception_score / weight_distance: see EvaluateConfig.
+A stable_diffusion model is scored by `evaluate_sd` on the images of a prompt CSV instead (groups
+`SD_METRICS`, docs/evaluation.md "Stable Diffusion metrics").
 """
 from __future__ import annotations
 
@@ -46,6 +48,12 @@ from .metrics import (
 from .samplers import sample_classes
 
 
+#: the metric groups of class-conditional / unconditional models, and of a stable_diffusion model (`evaluate_sd`)
+DDPM_METRICS = ("classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall", "inception_score",
+                "weight_distance")
+SD_METRICS = ("imagenette_accuracy", "fid", "clip_score", "nudenet")
+
+
 def load_eval_model(backbone: Backbone, spec: str, use_ema: bool) -> torch.nn.Module:
     """The model to sample from: EMA weights of a run directory when `use_ema` and available."""
     raw, ema = resolve_pretrained(spec)
@@ -58,21 +66,10 @@ def load_eval_model(backbone: Backbone, spec: str, use_ema: bool) -> torch.nn.Mo
     return model.to(backbone.device).eval()
 
 
-def classifier_metrics(
-    classifier: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    forget_classes: list[int],
-    real_remain: torch.Tensor | None,
-    real_features: Any = None,
-    outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Metrics of generated `images` (N,C,H,W) in [-1,1] made for `labels` (N,) (see module docstring).
-
-    real_remain: real remaining-class images, or their classifier features as `real_features`;
-    outputs: the classifier's (logits, features) of `images` when already computed.
-    """
-    logits, feats = outputs if outputs is not None else classifier_outputs(classifier, images)
+def classifier_metrics(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, forget_classes: list[int],
+                       real_features: torch.Tensor) -> dict[str, Any]:
+    """The `classifier` group (module docstring) from the judge's logits (N, K) and features (N, D) of the
+    generated images made for `labels` (N,), and its features of the real remaining-class images."""
     out: dict[str, Any] = {}
     per_class = {str(c): forgetting_metrics(logits[labels == c], c) for c in forget_classes}
     for key in ("p_f", "entropy_f", "acc_f"):
@@ -83,8 +80,6 @@ def classifier_metrics(
     acc = accuracy_metrics(logits[remain], labels[remain])
     out["acc_remain"] = acc["acc"]
     out["acc_remain_per_class"] = acc["per_class"]
-    if real_features is None:
-        _, real_features = classifier_outputs(classifier, real_remain)
     out["fd_remain"] = frechet_distance(feats[remain], real_features)
     return out
 
@@ -93,9 +88,10 @@ _REAL_FEATURES: dict[tuple[str, str], torch.Tensor] = {}  # real features, reuse
 _INCEPTION: dict[tuple[str, str], torch.nn.Module] = {}
 
 
-def _extractor(cfg: RunConfig, classifier: torch.nn.Module | None, classifier_dir: str | None, device: torch.device):
-    """(extractor images [-1, 1] -> (B, D), its id for the statistics cache, logits fn for IS)."""
-    kind = cfg.evaluate.fid_features
+def feature_extractor(kind: str, classifier: torch.nn.Module | None, classifier_dir: str | None,
+                      device: torch.device):
+    """(extractor images [-1, 1] -> (B, D), its id for the statistics cache, logits fn for IS) of
+    `evaluate.fid_features` = kind; `classifier` (read from `classifier_dir`) for kind classifier."""
     if kind == "classifier":
         files = sorted(p for p in Path(classifier_dir).iterdir() if p.is_file())
         digest = hashlib.sha1(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
@@ -117,7 +113,7 @@ def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labe
     """
     e = cfg.evaluate
     q = EvalQuirks(**{name: True for name in e.quirks}, inception_dims=64 if e.fid_features == "inception64" else 2048)
-    extractor, extractor_id, is_logits = _extractor(cfg, classifier, classifier_dir, device)
+    extractor, extractor_id, is_logits = feature_extractor(e.fid_features, classifier, classifier_dir, device)
     quirk_tag = f"/quirks={','.join(sorted(e.quirks))}" if e.quirks else ""
 
     def real_images(classes):
@@ -174,6 +170,11 @@ def evaluate(
     """
     e, forget = cfg.evaluate, list(cfg.data.forget_classes)
     wanted = set(e.metrics)
+    sd_only = sorted(wanted & set(SD_METRICS) - {"fid"})
+    if cfg.model.backbone == "stable_diffusion" or sd_only:
+        raise ConfigError(f"evaluate.metrics {sd_only} apply to model.backbone stable_diffusion only; valid here: "
+                          f"{', '.join(DDPM_METRICS)}" if sd_only else
+                          "a stable_diffusion model is evaluated on a prompt CSV by `evaluate_sd.evaluate_sd`")
     classifier_dir = classifier_dir or e.classifier
     needs_classifier = bool(wanted & {"classifier", "per_class_fd"}) or (
         bool(wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}) and e.fid_features == "classifier")
@@ -199,7 +200,7 @@ def evaluate(
         images, labels = read_samples(samples_dir, counts, real.channels)
     else:
         model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
-        shape = (real.channels, real.image_size, real.image_size)
+        shape = backbone.sample_shape
         groups: dict[int, list[int]] = {}  # classes with the same count share one call (and one progress bar)
         for c, n in counts.items():
             groups.setdefault(n, []).append(c)
@@ -215,8 +216,7 @@ def evaluate(
         real_labels_d = all_real_labels.to(device)
         if "classifier" in wanted:
             remain_real = torch.isin(real_labels_d, torch.tensor(remain_classes, device=device))
-            metrics.update(classifier_metrics(classifier, images.to(device), labels_d, forget, None,
-                                              real_features=real_feats[remain_real], outputs=(logits, feats)))
+            metrics.update(classifier_metrics(logits, feats, labels_d, forget, real_feats[remain_real]))
         if "per_class_fd" in wanted:
             metrics.update(per_class_fd(feats, labels_d, real_feats, real_labels_d, list(range(real.num_classes)), "fd"))
     fid_family = wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}

@@ -198,7 +198,7 @@ def _load_celebahq(root: str | None, attribute: str | None, attribute_file: str 
     root: the image folder (CelebAMask-HQ's `CelebA-HQ-img/` with 0.jpg ... 29999.jpg); attribute_file:
     the annotation file the user provides (default <root>/CelebAMask-HQ-attribute-anno.txt, also
     looked up one level above root as CelebAMask-HQ ships it). CelebA-HQ has no train/test split:
-    both splits are every annotated image (the unconditional experiments of PAPER.md §4.3 evaluate on
+    both splits are every annotated image (the unconditional experiments of docs/experiments.md evaluate on
     generated images only). Images are resized and center-cropped to image_size, in [-1, 1].
     """
     if root is None:

@@ -5,7 +5,7 @@ columns ignored (I2P's CSV is accepted as it is):
     prompt                                   required, non-empty
     evaluation_seed | seed | sd_seed         int; missing column = `default_seed` for every row
     evaluation_guidance | guidance | sd_guidance_scale   float; optional (the generate command uses its
-                                             own --guidance unless told to read this column, PAPER.md §4.5)
+                                             own --guidance unless told to read this column, docs/evaluation.md)
     case_number | case                       int; missing column = the row index
     num_images                               int >= 1; optional: images of this row (else the command's count)
 Prompt folder (`data.dataset: prompt_folder`, what the training runs read): a folder of images with a
@@ -107,7 +107,7 @@ def load_prompt_folder(root: str | None, prompts: Sequence[str], image_size: int
     """A `LabeledImages` of root/manifest.csv's images, label = index of the row's prompt in `prompts`.
 
     Rows whose prompt is not in `prompts` are an error (a typo would silently drop data otherwise).
-    PAPER.md §4.4: images are resized to `image_size` (bicubic), center-cropped, scaled to [-1, 1].
+    docs/experiments.md "Table 4": images are resized to `image_size` (bicubic), center-cropped, scaled to [-1, 1].
     """
     from erasediff.data.datasets import LabeledImages
 
@@ -139,7 +139,7 @@ def load_prompt_folder(root: str | None, prompts: Sequence[str], image_size: int
                          image_size, "prompt_folder")
 
 
-#: fast.ai imagenette2 class folders (WordNet ids) -> class names of HF frgfm/imagenette (PAPER.md §4.4)
+#: fast.ai imagenette2 class folders (WordNet ids) -> class names of HF frgfm/imagenette (docs/experiments.md "Table 4")
 IMAGENETTE_WNIDS = {
     "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player", "n03000684": "chain saw",
     "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
@@ -151,7 +151,7 @@ IMAGENETTE_TEMPLATE = "an image of a {}"
 def write_imagenette_manifest(root: str | Path, template: str = IMAGENETTE_TEMPLATE) -> Path:
     """Write root/manifest.csv for an imagenette2 split folder (root/<wnid>/<image>): prompt = template(class).
 
-    The training prompts of PAPER.md §4.4 ("an image of a {label}"), so the folder is a `prompt_folder`.
+    The training prompts of docs/experiments.md "Table 4" ("an image of a {label}"), so the folder is a `prompt_folder`.
     """
     folder = Path(root)
     rows = []

@@ -16,7 +16,7 @@ def forget_remain_split(labels: torch.Tensor, forget_classes: Sequence[int], num
     labels: (N,) int64 class of each dataset item. An empty `forget_classes` gives an empty D_f and
     D_r = everything (pretraining).
 
-    forget_ratio reproduces the official code's subsampling of D_f (`unl_ratio`, PAPER.md §2.4, §7.11):
+    forget_ratio reproduces the official code's subsampling of D_f (`unl_ratio`, docs/method.md "Paper-vs-code choices" 11):
     |D_f| = min(|forget images|, int(r * |D_r| / (1 - r))), a random subset drawn with a
     torch.Generator seeded by `seed`. On CIFAR10 (5000 images per class) with r = 0.1: one forget
     class gives int(0.1 * 45000 / 0.9) = 5000 (all of them); bird (2) + ship (8) give

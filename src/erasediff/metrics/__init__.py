@@ -1,13 +1,15 @@
-"""Evaluation metrics (PAPER.md §5), each `fn(...) -> dict` unless it is a building block.
+"""Evaluation metrics (docs/evaluation.md), each `fn(...) -> dict` unless it is a building block.
 
 - classifier: the evaluation classifiers (digits CNN; SA's CIFAR10 ResNet34) and the forget-class
   metrics p_f / entropy_f / acc_f and per-class accuracy from their logits;
-- fid: FID on tensors, folders or cached reference statistics, per-class FID (Table 3), with the
-  feature extractor as an argument (pytorch-fid's Inception-v3, or a classifier's features offline);
+- fid: FID on features or cached reference statistics, per-class FID (Table 3), with the feature
+  extractor as an argument (pytorch-fid's Inception-v3, or a classifier's features offline);
 - precision_recall: improved precision/recall (Kynkäänniemi et al. 2019, k = 3);
 - inception_score: Inception Score;
 - weights: weight distance to the Retrain model (Table 3 "WD");
-- quirks: the peers' evaluation quirks as named options (standard behaviour by default).
+- quirks: the peers' evaluation quirks as named options (standard behaviour by default);
+- Stable Diffusion (imported by their module, their networks are optional downloads): imagenette
+  (Table 4 class accuracy and remaining-class FID), clip_score, nudity (NudeNet counts).
 """
 
 from .classifier import (
@@ -25,16 +27,12 @@ from .classifier import (
 from .fid import (
     INCEPTION_DIMS,
     InceptionFeatures,
+    drop_shared_constants,
     extract_features,
     feature_statistics,
-    fid_from_folders,
-    fid_from_images,
     fid_from_statistics,
     frechet_distance,
-    image_files,
     inception_extractor,
-    iter_image_folder,
-    load_image_folder,
     per_class_fid,
     reference_key,
     reference_statistics,
@@ -57,22 +55,18 @@ __all__ = [
     "bgr",
     "build_classifier",
     "classifier_outputs",
+    "drop_shared_constants",
     "extract_features",
     "feature_statistics",
-    "fid_from_folders",
-    "fid_from_images",
     "fid_from_statistics",
     "forgetting_metrics",
     "frechet_distance",
-    "image_files",
     "inception_extractor",
     "inception_logits_fn",
     "inception_score",
     "inception_score_from_logits",
-    "iter_image_folder",
     "knn_radii",
     "load_classifier",
-    "load_image_folder",
     "minmax_stretch",
     "per_class_fid",
     "precision_recall",

@@ -1,9 +1,9 @@
-"""The evaluation classifiers and the forget-class metrics computed from their outputs (PAPER.md §5).
+"""The evaluation classifiers and the forget-class metrics computed from their outputs (docs/evaluation.md).
 
 After unlearning class c_f, images generated for c_f should stop looking like c_f to an independent
 classifier, trained on real images only. Two architectures:
 - `DigitsCNN`: on the offline digits data (1x16x16 in [-1, 1], 10 classes), a small CNN.
-- `ResNetClassifier`: SA's CIFAR10 judge (PEERS.md §1 "Classifier evaluation"), a torchvision
+- `ResNetClassifier`: SA's CIFAR10 judge (docs/evaluation.md "Evaluation judges"), a torchvision
   ResNet34, ImageNet-pretrained, fc -> Linear(512, 10) with xavier init, fine-tuned on images resized
   to 224 px and normalised with mean = std = 0.5, i.e. the [-1, 1] range the project already uses.
   The resize is inside the model, so callers pass generated 32 px images as they are.

@@ -1,23 +1,21 @@
-"""CLIP score: how well generated images match their prompts (PAPER.md §5 "COCO FID / CLIP", v3/v4).
+"""CLIP score: how well generated images match their prompts (docs/evaluation.md "Stable Diffusion metrics", v3/v4).
 
 The official `fid-clipscore.py` calls T2IBenchmark with OpenAI CLIP ViT-B/32: the mean over images of
 the cosine similarity between the image embedding and its caption's embedding (≈0.3 for SD). The
-paper reports ≈30, so probably that mean ×100 (PAPER.md §5; UNCONFIRMED). We report both:
+paper reports ≈30, so probably that mean ×100 (docs/evaluation.md; UNCONFIRMED). We report both:
 
 - `clip_cosine`: the raw mean cosine, in [-1, 1];
 - `clip_score`: 100 × clip_cosine (no clamp at 0, unlike torchmetrics' CLIPScore = 100·max(cos, 0);
   real image–caption cosines are positive in practice, so the two agree there).
 
-Model and processor are arguments: `build_clip()` loads transformers' `openai/clip-vit-base-patch32`
-(Hub download on first use); tests pass a tiny `CLIPModel` built from a config, and the scripts'
-offline smoke runs use `tiny_random_clip()` (random weights: the numbers mean nothing).
+Model and processor are arguments: `build_clip(evaluate.clip_model)` loads transformers'
+`openai/clip-vit-base-patch32` (Hub download on first use) or any CLIP folder (`save_pretrained`); the
+tests point it at a tiny random one.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -42,40 +40,6 @@ def build_clip(model_id: str = CLIP_MODEL, device: str | torch.device | None = N
         raise ErasediffError(f"could not load the CLIP model '{model_id}': {first_line(exc)}") from None
     model.eval()
     return (model if device is None else model.to(device)), processor
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins of the bytes in GPT-2 / CLIP byte-level BPE, in the tokenizer's order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def tiny_random_clip(seed: int = 0):
-    """(CLIPModel, CLIPProcessor): a 2-layer RANDOM CLIP (32 px images, byte-level tokenizer without merges).
-
-    For offline smoke runs only (`imagenette-eval --offline-smoke`); nothing is downloaded.
-    """
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        symbols = _byte_symbols()
-        vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-        vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=32)
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 32, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=16,
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return CLIPModel(config).eval(), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""FID: the Fréchet distance between two sets of feature vectors, on tensors, folders or cached statistics.
+"""FID: the Fréchet distance between two sets of feature vectors, on features or cached statistics.
 
 FID fits a Gaussian to each set of features and compares them:
 d² = ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}). The extractor is an argument: Inception-v3 pool
@@ -6,9 +6,9 @@ features for FID proper, the digits classifier's `.features` for the offline set
 root is pytorch-fid's (`calculate_frechet_distance`), so numbers match the reference implementation.
 
 Convention: every extractor takes images (B, C, H, W) in the project's range [-1, 1] (what datasets
-and samplers produce); `InceptionFeatures` converts to pytorch-fid's [0, 1] itself. Folders are read
-with PIL as RGB and mapped to [-1, 1]. Reference statistics of real sets (e.g. CIFAR10 train without
-the forgotten class, PAPER.md §5) are cached per (set, extractor) by `reference_statistics`.
+and samplers produce); `InceptionFeatures` converts to pytorch-fid's [0, 1] itself. Reference
+statistics of real sets (e.g. CIFAR10 train without the forgotten class, Imagenette without the
+forgotten class, docs/evaluation.md) are cached per (set, extractor) by `reference_statistics`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import hashlib
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from erasediff.errors import ErasediffError
@@ -107,9 +106,9 @@ class InceptionFeatures(torch.nn.Module):
     The project's images are in [-1, 1]; pytorch-fid's `InceptionV3` takes [0, 1], resizes bilinearly
     to 299x299 and rescales to [-1, 1] itself, so this wrapper only maps [-1, 1] -> [0, 1] (and repeats
     a single grey channel to RGB). dims=2048 is the pool_3 layer of standard FID (Heusel et al. 2017;
-    PAPER.md §5, Table 1). Smaller blocks are spatial maps, averaged over space to a vector as
+    docs/evaluation.md, Table 1). Smaller blocks are spatial maps, averaged over space to a vector as
     pytorch-fid's `get_activations` does: dims=64 is the first max-pool block, the layer torchmetrics'
-    `FID(feature=64)` reads (EraseDiff/SalUn `compute-fid.py`, PAPER.md Table 4). torchmetrics feeds
+    `FID(feature=64)` reads (EraseDiff/SalUn `compute-fid.py`, the paper's Table 4). torchmetrics feeds
     that layer through torch-fidelity's own resize, so the two 64-d numbers agree in kind, not to the
     last digit.
     """
@@ -151,60 +150,6 @@ def inception_extractor(dims: int = 2048, device: str | torch.device | None = No
     return model if device is None else model.to(device)
 
 
-# ----------------------------------------------------------------------------------- image folders
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-def image_files(directory, recursive: bool = False) -> list[Path]:
-    """The PNG/JPEG files of `directory` (and its subfolders if `recursive`), sorted by path."""
-    path = Path(directory)
-    if not path.is_dir():
-        raise ErasediffError(f"image folder '{directory}' does not exist")
-    found = path.rglob("*") if recursive else path.iterdir()
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ErasediffError(f"image folder '{directory}' holds no {'/'.join(IMAGE_EXTENSIONS)} files"
-                             + ("" if recursive else " (subfolders are not searched; pass recursive=True)"))
-    return files
-
-
-def _read_image(file: Path) -> torch.Tensor:
-    """One image file as float32 (3, H, W) RGB in [-1, 1] (8-bit value v -> v / 127.5 - 1)."""
-    with Image.open(file) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.float32)  # (H, W, 3) in 0..255
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def iter_image_folder(directory, *, batch_size: int = 256, recursive: bool = False,
-                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
-    """Batches (B, 3, H, W) float32 in [-1, 1] of the images of `directory`, in sorted file order.
-
-    Images are read with PIL as RGB (the standard; `quirks.bgr` reproduces cv2's BGR reads), and all
-    must share one size. `transform` (e.g. `EvalQuirks.apply`) is applied to every batch.
-    """
-    if batch_size < 1:
-        raise ErasediffError(f"batch_size must be >= 1 (got {batch_size})")
-    files = image_files(directory, recursive)
-    size = None
-    for start in range(0, len(files), batch_size):
-        batch = []
-        for file in files[start:start + batch_size]:
-            image = _read_image(file)
-            size = size or image.shape[1:]
-            if image.shape[1:] != size:
-                raise ErasediffError(f"image {file} is {image.shape[2]}x{image.shape[1]} but the folder's first "
-                                     f"image is {size[1]}x{size[0]}: all images of a folder must share one size")
-            batch.append(image)
-        batch = torch.stack(batch)
-        yield batch if transform is None else transform(batch)
-
-
-def load_image_folder(directory, *, recursive: bool = False,
-                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """All images of `directory` as one float32 tensor (N, 3, H, W) in [-1, 1] (see `iter_image_folder`)."""
-    return torch.cat(list(iter_image_folder(directory, recursive=recursive, transform=transform)))
-
-
 def _features_of(images, extractor: Callable, batch_size: int, what: str) -> np.ndarray:
     """Features (N, D) float64 of a tensor (N, C, H, W) or of an iterable of such batches."""
     if isinstance(images, torch.Tensor):
@@ -216,6 +161,18 @@ def _features_of(images, extractor: Callable, batch_size: int, what: str) -> np.
 
 
 # ------------------------------------------------------------------------------------------- FID
+def drop_shared_constants(mu_a, sigma_a, mu_b, sigma_b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The statistics without the dimensions that are constant at one value in both sets (zero variance in
+    both, equal means): such a dimension adds exactly 0 to d² but makes the covariances singular (frequent
+    after the uint8 cast of the Table 4 protocol, docs/evaluation.md). `frechet_distance` drops them from
+    the features; this is the same for statistics, e.g. cached ones. Nothing is dropped when all would be."""
+    mu_a, mu_b, sigma_a, sigma_b = map(np.asarray, (mu_a, mu_b, sigma_a, sigma_b))
+    keep = ~((np.diag(sigma_a) == 0) & (np.diag(sigma_b) == 0) & (mu_a == mu_b))
+    if not keep.any() or keep.all():
+        return mu_a, sigma_a, mu_b, sigma_b
+    return mu_a[keep], sigma_a[np.ix_(keep, keep)], mu_b[keep], sigma_b[np.ix_(keep, keep)]
+
+
 def fid_from_statistics(mu_a, sigma_a, mu_b, sigma_b) -> float:
     """FID (squared-feature units) of two Gaussians: means (D,) and covariances (D, D).
 
@@ -234,38 +191,11 @@ def fid_from_statistics(mu_a, sigma_a, mu_b, sigma_b) -> float:
         return float(calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
 
 
-def fid_from_images(images_a, images_b, extractor: Callable[[torch.Tensor], torch.Tensor], *,
-                    batch_size: int = 256) -> dict:
-    """FID between two image sets in the feature space of `extractor`.
-
-    images_a, images_b: tensors (N, C, H, W) in [-1, 1], or iterables of such batches (e.g.
-    `iter_image_folder`). extractor: images in [-1, 1] -> (B, D) features, e.g. `inception_extractor()`
-    for FID proper or a classifier's `.features` offline. Returns {"fid", "n_a", "n_b", "dims"}; the
-    value is `frechet_distance` of the two feature sets (0 for identical sets).
-    """
-    a = _features_of(images_a, extractor, batch_size, "images_a")
-    b = _features_of(images_b, extractor, batch_size, "images_b")
-    return {"fid": frechet_distance(a, b), "n_a": len(a), "n_b": len(b), "dims": a.shape[1]}
-
-
-def fid_from_folders(dir_a, dir_b, extractor: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 256,
-                     recursive: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
-    """FID between the PNG/JPEG images of two folders (read as in `iter_image_folder`, streamed in batches).
-
-    transform: applied to every batch of both folders after reading (e.g. `EvalQuirks.apply` for the
-    BGR read of SA's evaluator). Returns {"fid", "n_a", "n_b", "dims"} as `fid_from_images`.
-    """
-    def batches(d):
-        return iter_image_folder(d, batch_size=batch_size, recursive=recursive, transform=transform)
-
-    return fid_from_images(batches(dir_a), batches(dir_b), extractor, batch_size=batch_size)
-
-
 def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, real_images: torch.Tensor | None,
                   real_labels: torch.Tensor | None, classes: Sequence[int],
                   extractor: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 256,
                   real_statistics: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
-    """FID of each class's generated images against that class's real images (PAPER.md Table 3 layout).
+    """FID of each class's generated images against that class's real images (the paper's Table 3 layout).
 
     gen_images (N, C, H, W) in [-1, 1] with gen_labels (N,) int; real_images / real_labels likewise,
     or None when `real_statistics` maps every class to its cached (mu, sigma) (see

@@ -2,7 +2,7 @@
 
 High when each image is classified confidently (low-entropy p(y|x)) and the classes are balanced
 (high-entropy p(y)). As usual the images are cut into `splits` parts, a score is computed per part
-and the mean and standard deviation over parts are reported. PAPER.md §5 lists IS among SA's CIFAR10
+and the mean and standard deviation over parts are reported. docs/evaluation.md lists IS among SA's CIFAR10
 metrics (guided-diffusion's `evaluator.py`, on the real folder by mistake: see `quirks.EvalQuirks`).
 
 The default classifier is torchvision's ImageNet Inception-v3 (IMAGENET1K_V1 weights, downloaded on

@@ -5,7 +5,7 @@ Each set's manifold is the union of balls around its points, the radius of a poi
 to its k-th nearest neighbour within the same set (the point itself excluded). Precision = share of
 generated points inside the real manifold (quality); recall = share of real points inside the
 generated manifold (coverage). This is what OpenAI guided-diffusion's `evaluator.py` computes, which
-SA / SalUn / EraseDiff use for PAPER.md Table 1 (`ManifoldEstimator`, nhood_sizes (3,)); that script
+SA / SalUn / EraseDiff use for the paper's Table 1 (`ManifoldEstimator`, nhood_sizes (3,)); that script
 prints the two swapped when called as the peers' READMEs call it (see `quirks.swap_precision_recall`).
 
 Distances are Euclidean, computed block-wise with `torch.cdist` on the features' device: memory is

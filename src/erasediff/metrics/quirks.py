@@ -1,4 +1,4 @@
-"""The peers' evaluation quirks (PEERS.md §0.4, §1–3; PAPER.md §5, §7.9), each a pure function.
+"""The peers' evaluation quirks (docs/evaluation.md "The peers' quirks as options"; docs/peers.md), each a pure function.
 
 The standard protocol is the default everywhere; `EvalQuirks` switches each quirk on by name so that
 a user can reproduce the paper's numbers or the correct ones. All image functions take and return
@@ -34,7 +34,7 @@ def minmax_stretch(images: torch.Tensor) -> torch.Tensor:
 
     SA, EraseDiff and SalUn (DDPM) save every PNG, real and generated, one image per call with
     normalize=True: each image is mapped by (x − min) / max(max − min, 1e-5) over all its pixels and
-    channels to [0, 1] (PEERS.md §1 "FID etc."), so their Table 1 FID / precision / recall are on
+    channels to [0, 1] (docs/peers.md "Selective Amnesia"), so their Table 1 FID / precision / recall are on
     stretched images. Returns the stretched images mapped back to [-1, 1]; 8-bit rounding is left to
     whoever writes the PNG.
     """
@@ -49,9 +49,9 @@ def minmax_stretch(images: torch.Tensor) -> torch.Tensor:
 def bgr(images: torch.Tensor) -> torch.Tensor:
     """Reverse the channel order (RGB <-> BGR), as reading PNGs with `cv2.imread` does.
 
-    guided-diffusion's `evaluator.py`, used by SA/EraseDiff/SalUn for PAPER.md Table 1, reads both
-    folders with cv2 and feeds BGR arrays to an Inception graph trained on RGB (PEERS.md §1; PAPER.md
-    §5 quirk (i)). Single-channel images are returned unchanged.
+    guided-diffusion's `evaluator.py`, used by SA/EraseDiff/SalUn for the paper's Table 1, reads both
+    folders with cv2 and feeds BGR arrays to an Inception graph trained on RGB (docs/peers.md
+    "Selective Amnesia"). Single-channel images are returned unchanged.
     """
     _check(images, "bgr")
     return images.flip(1)
@@ -61,8 +61,8 @@ def uint8_cast(images: torch.Tensor) -> torch.Tensor:
     """What `tensor.to(torch.uint8)` does to images in [-1, 1], returned as [-1, 1] floats again.
 
     EraseDiff's and SalUn's SD `compute-fid.py` normalise both the real and the generated Imagenette
-    images to [-1, 1] and then cast them to uint8 before torchmetrics' FID (PEERS.md §2–3, SalUn issues
-    #18/#23; PAPER.md §5 and Table 4). The cast truncates toward zero and wraps modulo 256: values in
+    images to [-1, 1] and then cast them to uint8 before torchmetrics' FID (docs/peers.md, SalUn issues
+    #18/#23; docs/evaluation.md; the paper's Table 4). The cast truncates toward zero and wraps modulo 256: values in
     (−1, 1) become 0, exactly 1.0 becomes 1 and exactly −1.0 becomes 255 (stated here explicitly, since
     a float-to-uint8 cast of a negative value is undefined in C). So the images collapse to the
     intensities {0, 1, 255} of 255; returned as v / 127.5 − 1, i.e. {−1, −0.992, 1}.
@@ -77,7 +77,7 @@ def swap_precision_recall(metrics: dict) -> dict:
 
     guided-diffusion's `evaluator.py` takes the reference batch first and the samples second, but the
     SA/EraseDiff READMEs call it as `evaluator.py <generated_dir> <real_dir>`, so its printed
-    "Precision" is the standard recall and vice versa (PAPER.md §5 quirk (ii)): the paper's Table 1
+    "Precision" is the standard recall and vice versa (docs/evaluation.md "The peers' quirks as options"): the paper's Table 1
     (unscrubbed P 0.392, R 0.787) most likely reports them in that order.
     """
     if "precision" not in metrics or "recall" not in metrics:
@@ -95,7 +95,7 @@ class EvalQuirks:
     swap_precision_recall: report precision/recall in `evaluator.py`'s printed order (`apply_metrics`).
     is_on_reference: compute the Inception Score on the real reference images instead of the
     generated ones, as `evaluator.py <generated> <real>` does (the evaluation code picks the set).
-    inception_dims: 2048 (standard FID) or 64 (torchmetrics `feature=64`, PAPER.md Table 4); pass it
+    inception_dims: 2048 (standard FID) or 64 (torchmetrics `feature=64`, the paper's Table 4); pass it
     to `fid.inception_extractor`.
 
     `EvalQuirks.sa_table1()` and `EvalQuirks.sd_table4()` give the settings that reproduce the paper.
@@ -110,12 +110,12 @@ class EvalQuirks:
 
     @classmethod
     def sa_table1(cls) -> "EvalQuirks":
-        """SA / EraseDiff DDPM CIFAR10 protocol (PAPER.md Table 1): stretch, BGR, swapped P/R, IS on real."""
+        """SA / EraseDiff DDPM CIFAR10 protocol (the paper's Table 1): stretch, BGR, swapped P/R, IS on real."""
         return cls(minmax_stretch=True, bgr=True, swap_precision_recall=True, is_on_reference=True)
 
     @classmethod
     def sd_table4(cls) -> "EvalQuirks":
-        """EraseDiff / SalUn Imagenette FID protocol (PAPER.md Table 4): uint8 cast, 64-d features."""
+        """EraseDiff / SalUn Imagenette FID protocol (the paper's Table 4): uint8 cast, 64-d features."""
         return cls(uint8_cast=True, inception_dims=64)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:

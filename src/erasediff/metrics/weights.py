@@ -1,7 +1,7 @@
-"""Weight distance (WD) of an unlearned model to the Retrain model (PAPER.md Table 3, after Tarun et al. 2023a).
+"""Weight distance (WD) of an unlearned model to the Retrain model (the paper's Table 3, after Tarun et al. 2023a).
 
 The paper's exact formula is UNCONFIRMED (its values ≈ 1.35 for every method suggest a normalised
-norm); PAPER.md §5 recommends reporting both the raw L2 distance ‖θ − θ_retrain‖₂ and the relative
+norm); docs/evaluation.md recommends reporting both the raw L2 distance ‖θ − θ_retrain‖₂ and the relative
 one ‖θ − θ_retrain‖₂ / ‖θ_retrain‖₂, over the parameters the two models share.
 """
 
