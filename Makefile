@@ -1,11 +1,11 @@
-# Quick start: `make demo` (offline CPU demo) and `make test` (the test suite).
+# Quick start: `make demo` (offline CPU demo), `make test` (the test suite) and `make test-slow` (forgetting checks).
 # Both create the virtual environment .venv from requirements.txt when it is missing.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-slow install clean-venv
 
 install: $(STAMP)
 
@@ -20,7 +20,11 @@ demo: $(STAMP)
 	$(PY) -m erasediff demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+# the slow scientific checks (minutes): does each method actually forget on digits?
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -133,9 +133,10 @@ def test_bad_input_exit_status_in_a_real_process(tmp_path):
 
 def test_help_lists_commands():
     r = cli("--help")
-    for command in ("train", "unlearn", "sample", "evaluate", "train-classifier", "demo", "convert", "fisher",
-                    "saliency-mask"):
+    for command in ("train", "unlearn", "sample", "evaluate", "train-classifier", "demo", "convert", "precompute"):
         assert command in r.stdout
+    for gone in ("fisher", "saliency-mask", "nudenet", "imagenette-eval"):  # folded into precompute / evaluate
+        assert f"    {gone} " not in r.stdout
     r = cli("unlearn", "--help")
     assert r.returncode == 0 and "--resume" in r.stdout
 

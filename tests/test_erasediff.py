@@ -1,4 +1,4 @@
-"""EraseDiff invariants (PAPER.md §1–2): Theorem-1 λ, the inner loop, the forgetting targets."""
+"""EraseDiff invariants (docs/method.md): Theorem-1 λ, the inner loop, the forgetting targets."""
 
 import math
 
@@ -148,6 +148,70 @@ def test_automatic_lambda_runs_with_unused_parameters(mode):
     assert set(logs) >= {"loss_r", "loss_f", "q", "lambda", "phi"}
     assert logs["lambda"] >= 0 and math.isfinite(logs["q"])
     assert any(not torch.equal(a, b) for a, b in zip(before, params_of(run)))
+
+
+@pytest.mark.parametrize("mode", ["paper", "cosine"])
+def test_automatic_lambda_update_is_g_r_plus_lambda_g_q(mode):
+    """Alg. 1 lines 6-8: the gradient handed to the optimiser is g_r + λ g_q with λ from Theorem 1 (`paper`)
+    or the code's cosine rule, both gradients taken at θ_i on the step's own batches and noise."""
+    from erasediff.losses import denoising_loss
+
+    eta = 5.0  # large enough that λ > 0 in both modes: the g_q term is really tested
+    run = build_run(tiny_config("erasediff", f"method.lambda_mode={mode}", f"method.eta={eta}", "method.block_size=100",
+                                "method.shared_timesteps=true", "train.grad_clip=null"))
+    s, m = run.state, run.method
+    m.update(s, next(run.data.forget), next(run.data.remain))  # step 1 holds the inner loop; step 2 does not
+    forget, remain = next(run.data.forget), next(run.data.remain)
+    gen_state, theta = s.generator.get_state(), params_of(run)
+    handed = {}
+    real_step = s.clip_and_step
+
+    def spy(*args, **kwargs):
+        handed["grad"] = [p.grad.detach().clone() for p in s.params]
+        return real_step(*args, **kwargs)
+
+    s.clip_and_step = spy
+    logs = m.update(s, forget, remain)
+
+    # by hand at θ_i, same noise: L_r and L_f (shared timesteps), their gradients, λ, the combination
+    with torch.no_grad():
+        for p, t in zip(s.params, theta):
+            p.copy_(t)
+    s.generator.set_state(gen_state)
+    x_r, c_r = s.backbone.encode(remain)
+    x_f, c_f = s.backbone.encode(forget)
+    loss_r, t = denoising_loss(s.backbone, s.model, x_r, c_r, s.generator, cond_drop=m.cfg.remain_cond_drop)
+    loss_f = m.forget_loss(s, x_f, c_f, t[: x_f.shape[0]], s.generator)
+
+    def grads(loss, retain):
+        g = torch.autograd.grad(loss, s.params, retain_graph=retain, allow_unused=True)
+        return torch.cat([torch.zeros_like(p).flatten() if x is None else x.flatten() for x, p in zip(g, s.params)])
+
+    g_r, g_q = grads(loss_r, True), grads(loss_f, False)
+    dot = float(g_r.double() @ g_q.double())
+    if mode == "paper":  # Theorem 1: λ = max(η − <g_r, g_q> / ‖g_q‖², 0)
+        lam = max(eta - dot / float(g_q.double() @ g_q.double()), 0.0)
+    else:  # official code: λ = max(η − cos(g_r, g_q), 0)
+        lam = max(eta - dot / (float(g_r.double().norm()) * float(g_q.double().norm()) + 1e-8), 0.0)
+    assert lam > 0
+    assert logs["lambda"] == pytest.approx(lam, rel=1e-4)
+    got = torch.cat([g.flatten() for g in handed["grad"]])
+    torch.testing.assert_close(got, g_r + lam * g_q, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("target,shared", [("uniform", False), ("random_label", True)])
+def test_shared_timesteps_default_follows_the_official_code_of_each_target(target, shared):
+    """The official uniform-noise code draws its own t for the forget batch; only its random-label rewrite
+    reuses the remaining batch's t (docs/method.md "Shared timesteps")."""
+    run = build_run(tiny_config("erasediff", f"method.target={target}", "method.block_size=100"))
+    assert run.cfg.method.shared_timesteps is shared  # resolved, so config.resolved.yaml records it
+    m, s = run.method, run.state
+    m.update(s, next(run.data.forget), next(run.data.remain))  # the inner loop's step
+    seen = []
+    real = m.forget_loss
+    m.forget_loss = lambda state, x0, cond, t, gen: (seen.append(t), real(state, x0, cond, t, gen))[1]
+    m.update(s, next(run.data.forget), next(run.data.remain))
+    assert (seen[0] is not None) is shared
 
 
 def test_block_size_controls_inner_loop_frequency():

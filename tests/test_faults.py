@@ -367,19 +367,16 @@ def test_convert_tiny_files(tmp_path, capsys, size):
 
 # ----------------------------------------------------------------- any value through any config key
 def _leaf_keys(cls, prefix: str = "") -> dict[str, object]:
-    """Dotted leaf keys of a config dataclass -> their type hint."""
-    import typing
-    from dataclasses import fields, is_dataclass
+    """Dotted leaf keys of a config section (a pydantic model) -> their type hint."""
+    from pydantic import BaseModel
 
-    hints = typing.get_type_hints(cls, include_extras=True)
     out: dict[str, object] = {}
-    for f in fields(cls):
-        tp = hints[f.name]
-        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
-        if is_dataclass(inner):
-            out.update(_leaf_keys(inner, f"{prefix}{f.name}."))
+    for name, field in cls.model_fields.items():
+        tp = field.annotation
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            out.update(_leaf_keys(tp, f"{prefix}{name}."))
         else:
-            out[f"{prefix}{f.name}"] = tp
+            out[f"{prefix}{name}"] = tp
     return out
 
 

@@ -1,8 +1,8 @@
 """`train-classifier`: the evaluation classifier, trained on real images of the config's dataset.
 
-The `classifier` config section picks the architecture (PAPER.md §5 "Forget-class classifier metrics"):
+The `classifier` config section picks the architecture (docs/evaluation.md "Evaluation judges"):
 - digits_cnn: the small CNN of `metrics.classifier` (offline digits, CPU, ~30 s);
-- resnet34: SA's CIFAR10 judge (PEERS.md §1), an ImageNet-pretrained torchvision ResNet34 fine-tuned on
+- resnet34: SA's CIFAR10 judge (docs/evaluation.md "Evaluation judges"), an ImageNet-pretrained torchvision ResNet34 fine-tuned on
   the 32 px images resized to 224 px inside the model, with SA's Adam recipe (body lr, head lr_head,
   weight decay, random horizontal flip). Needs a GPU in practice and, with pretrained: true, the
   ImageNet weights (downloaded on first use).

@@ -1,4 +1,4 @@
-"""THE training / unlearning loop, method-agnostic (DESIGN.md "Two abstractions").
+"""THE training / unlearning loop, method-agnostic (docs/architecture.md "The loop").
 
 Pretraining, Retrain, Finetune and every unlearning method are runs of this loop; a method only
 decides what one step does (`Method.update`). Around it the loop owns: seeding, data iterators,
@@ -13,7 +13,6 @@ new / resume / refuse decided once), checks a resume against the saved config, b
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,8 @@ def check_resume(cfg: RunConfig, claim: RunDirClaim) -> dict[str, Any] | None:
     finished run's metrics when there is nothing left to do."""
     run_dir = claim.path
     saved = config_from_text((run_dir / CONFIG).read_text())
-    train = replace(saved.train, **{k: getattr(cfg.train, k) for k in _RESUMABLE})
-    if replace(saved, train=train, device=cfg.device) != cfg:
+    train = saved.train.model_copy(update={k: getattr(cfg.train, k) for k in _RESUMABLE})
+    if saved.model_copy(update={"train": train, "device": cfg.device}) != cfg:
         raise ConfigError(
             f"--resume: the config differs from the one saved in {run_dir / CONFIG} (only train.steps, "
             f"train.{', train.'.join(_RESUMABLE[1:])} and device may change)"

@@ -1,6 +1,6 @@
-"""Denoising losses and forgetting targets (PAPER.md §1).
+"""Denoising losses and forgetting targets (docs/method.md "The losses").
 
-All losses are mean-reduced MSE over batch and pixels, as the official code (PAPER.md §7.10): λ and
+All losses are mean-reduced MSE over batch and pixels, as the official code (docs/method.md "Loss reduction"): λ and
 λ_EWC values in the configs are tied to this reduction.
 """
 
@@ -31,7 +31,7 @@ def denoising_loss(
     t: torch.Tensor | None = None,
     cond_drop: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L = E‖ε − ε_θ(x_t, t, c)‖² with ε ~ N(0, I) (PAPER.md Eq. 1–2, the "simple" loss).
+    """L = E‖ε − ε_θ(x_t, t, c)‖² with ε ~ N(0, I) (Eq. 1–2 of the paper, the "simple" loss).
 
     x0: (B, C, H, W); t: (B,) int64 in [0, T) (antithetic draw if None); cond_drop: probability of
     replacing c by the null condition (CFG training, 0.1 when pretraining). Returns (loss, t) so a
@@ -48,7 +48,7 @@ def denoising_loss(
 def uniform_target_loss(
     backbone: Backbone, model: nn.Module, x0: torch.Tensor, cond: Any, t: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """EraseDiff_noise forgetting loss, PAPER.md §1.2(a): ε_f ~ U[0, 1) (not N(0, I)).
+    """EraseDiff_noise forgetting loss (docs/method.md "Forgetting targets"): ε_f ~ U[0, 1) (not N(0, I)).
 
     The same ε_f noises the input, x̃_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε_f, and is the regression target:
     L_f = ‖ε_f − ε_θ(x̃_t, t, c_f)‖². True label, no label dropout, no stop-gradient (the target is data).
@@ -67,7 +67,7 @@ def random_label_target_loss(
     generator: torch.Generator,
     cond_drop: float = 0.0,
 ) -> torch.Tensor:
-    """EraseDiff_rl / SalUn "RL" forgetting loss, PAPER.md §1.2(b) and (c).
+    """EraseDiff_rl / SalUn "RL" forgetting loss (docs/method.md "Forgetting targets").
 
     x_t is the forget image noised with ε ~ N(0, I); the target is the *same model's* prediction at
     the same (x_t, t) for another condition c' (a random other class, or the surrogate prompt for SD),

@@ -1,6 +1,6 @@
 """Sample folders: N images per class written as PNG files with a manifest, sharded and resumable.
 
-Layout of a sample folder (PAPER.md §4.1: 5K images per remaining class for FID, 500 of the
+Layout of a sample folder (docs/evaluation.md "The paper's protocols": 5K images per remaining class for FID, 500 of the
 forgotten class for the classifier):
 
     DIR/<class>/<index:05d>.png     uint8 PNG, grey for 1-channel models, RGB otherwise
@@ -128,7 +128,7 @@ def sample_to_folder(
         if units:
             backbone = build_backbone(cfg, device)
             model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
-            shape = (model.config.in_channels, model.config.sample_size, model.config.sample_size)
+            shape = backbone.sample_shape  # (C, h, w): pixels, or latents that sample_unit decodes
             if state.is_main_process:
                 write_json(root / IDENTITY, identity)
             state.wait_for_everyone()
@@ -140,7 +140,7 @@ def sample_to_folder(
                 for c, start, stop in mine:
                     if c not in noise:
                         noise = {c: class_noise([c], counts[c], shape, cfg.sample.seed)}
-                    images = to_uint8(sample_unit(backbone, model, c, start, stop, noise[c], shape, cfg.sample))
+                    images = to_uint8(sample_unit(backbone, model, c, start, stop, noise[c], cfg.sample))
                     (root / str(c)).mkdir(parents=True, exist_ok=True)
                     for i, array in zip(range(start, stop), images):
                         save_png(array, image_path(root, c, i))
