@@ -11,7 +11,7 @@ import torch
 FORKSERVER = Path(__file__).resolve().parent / "forkserver.py"
 # what the experiment scripts' commands import; the server imports it once (tests/forkserver.py)
 PRELOAD = [
-    "erasediff.cli", "erasediff.loop", "erasediff.evaluate", "erasediff.sampling", "erasediff.report",
+    "erasediff.cli", "erasediff.loop", "erasediff.evaluate", "erasediff.sample_folders", "erasediff.report",
     "erasediff.classifier_training", "erasediff.methods.selective_amnesia", "erasediff.methods.salun",
     "erasediff.backbones.stable_diffusion", "erasediff.generate", "erasediff.metrics.nudity",
     "transformers.models.clip.modeling_clip", "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from erasediff.config import load_config
+from erasediff.experiment import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "DDPM" / "configs" / "digits" / "smoke"

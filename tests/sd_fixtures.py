@@ -66,7 +66,12 @@ def write_tokenizer(folder: Path) -> None:
 
 def build_tiny_sd_pipeline(root: Path, seed: int = 0) -> Path:
     """Write a tiny, randomly initialised SD pipeline to `root` and return it. ~1 s on one CPU core."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -131,7 +136,13 @@ def write_tiny_classifier(folder: Path, image_size: int = 16, seed: int = 0) -> 
 
 def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
     """A random 2-layer CLIP (32 px images, byte-level tokenizer without merges) saved as a CLIP folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

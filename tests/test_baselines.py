@@ -8,10 +8,10 @@ import torch
 from helpers import REPO, SMOKE, TINY, tiny_config
 from safetensors.torch import load_file
 
-from erasediff.cli import main
-from erasediff.config import load_config
-from erasediff.errors import ConfigError
 from erasediff.build import build_run
+from erasediff.cli import main
+from erasediff.errors import ConfigError
+from erasediff.experiment import load_config
 from erasediff.losses import denoising_loss, uniform_target_loss
 from erasediff.methods.blindspot import feature_modules
 

@@ -5,10 +5,10 @@ import torch
 from helpers import REPO, TINY, tiny_config
 from PIL import Image
 
-from erasediff.config import load_config
+from erasediff.build import build_run
 from erasediff.data import load_dataset
 from erasediff.errors import ConfigError, DataError
-from erasediff.build import build_run
+from erasediff.experiment import load_config
 
 ATTRS = ["Bald", "Eyeglasses", "Smiling"]
 # file name -> values of ATTRS in {-1, 1}; two of five images wear eyeglasses

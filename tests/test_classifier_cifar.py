@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_config
 from PIL import Image
 
 from erasediff.classifier_training import train_eval_classifier
@@ -17,8 +18,6 @@ from erasediff.metrics import (
     save_classifier,
     train_classifier,
 )
-
-from helpers import tiny_config
 
 
 def _cifar_like(n=8, seed=0):

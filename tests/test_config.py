@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from erasediff.config import config_from_text, dump_config, load_config, yaml_load
+from erasediff.config import dump_config, yaml_load
 from erasediff.errors import ConfigError
+from erasediff.experiment import config_from_text, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "DDPM" / "configs" / "digits"

@@ -19,12 +19,11 @@ from erasediff.config import (
     TrainConfig,
     apply_overrides,
     build_dataclass,
-    build_run_config,
-    load_config,
     load_yaml_tree,
     yaml_load,
 )
 from erasediff.errors import ConfigError
+from erasediff.experiment import build_run_config, load_config
 from erasediff.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,11 @@ from torch import nn
 
 from erasediff.backbones.unets import ClassConditionalUNet, cifar10_sa_config
 from erasediff.checkpoint import resolve_pretrained
-from erasediff.convert import convert_sa_checkpoint, convert_sa_fisher, convert_sa_state_dict
+from erasediff.convert import (
+    convert_sa_checkpoint,
+    convert_sa_fisher,
+    convert_sa_state_dict,
+)
 from erasediff.errors import ErasediffError
 
 # The small SA model (ch=32, ch_mult=(1, 2), one res block, attention at 8x8, 16px, GroupNorm(8)) and ours.

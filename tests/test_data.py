@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from erasediff.data import DATASETS, InfiniteBatches, forget_remain_split, images_of_classes, load_dataset
+from erasediff.data import (
+    DATASETS,
+    InfiniteBatches,
+    forget_remain_split,
+    images_of_classes,
+    load_dataset,
+)
 from erasediff.errors import DataError
 
 
@@ -70,8 +76,9 @@ def test_cifar10_missing_without_download(tmp_path):
 
 
 def test_cifar10_failed_download(tmp_path, monkeypatch):
-    import torchvision.datasets
     from urllib.error import URLError
+
+    import torchvision.datasets
 
     def offline(*args, **kwargs):
         raise URLError("no network")

@@ -7,9 +7,9 @@ import torch
 from helpers import tiny_config
 
 from erasediff.backbones.class_cond import ClassConditionalBackbone
+from erasediff.build import build_run
 from erasediff.config import ArchConfig, DiffusionConfig
 from erasediff.losses import random_label_target_loss, uniform_target_loss
-from erasediff.build import build_run
 from erasediff.methods.erasediff import lambda_cosine, lambda_paper
 
 

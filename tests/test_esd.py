@@ -10,7 +10,7 @@ from helpers import SMOKE, TINY
 from sd_fixtures import nudity_folder, tiny_pipeline  # noqa: F401  (pytest fixtures)
 
 from erasediff.build import build_run
-from erasediff.config import load_config
+from erasediff.experiment import load_config
 from erasediff.methods import esd as esd_module
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

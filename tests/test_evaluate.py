@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import SMOKE, TINY, tiny_config
 
+from erasediff.build import build_run
 from erasediff.classifier_training import train_eval_classifier
 from erasediff.cli import main
 from erasediff.errors import ConfigError
 from erasediff.evaluate import evaluate
-from erasediff.build import build_run
 
 ALL = "evaluate.metrics=[classifier, per_class_fd, fid, per_class_fid, precision_recall, inception_score, weight_distance]"
 COMMON = ["evaluate.n_per_class=12", "sample.steps=2", "evaluate.fid_features=classifier"]

@@ -224,8 +224,8 @@ def test_skip_step_inside_erasediffs_inner_loop_restores_theta(tmp_path, monkeyp
 
 def test_evaluate_and_unlearn_refuse_a_nan_model(tmp_path, reference):
     from erasediff.backbones import build_backbone
-    from erasediff.evaluate import load_eval_model
     from erasediff.build import build_run
+    from erasediff.checkpoint import load_eval_model
     from erasediff.device import resolve_device
 
     cfg = tiny_config("pretrain", f"model.pretrained={reference}")

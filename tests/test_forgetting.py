@@ -1,6 +1,6 @@
 """Does unlearning forget? The shipped digits recipes on a small budget, judged as the paper judges (slow).
 
-From one digits base model (the shipped pretraining config, 500 instead of 800 steps) the shipped digit-0
+From one digits base model (the shipped pretraining config) the shipped digit-0
 recipes of EraseDiff and SO must push the judge's probability of the forgotten digit (p_f) far below the
 unscrubbed model's, while Finetune on the remaining digits alone must not; the remaining digits must stay
 recognisable. Marked `slow` (minutes
@@ -11,8 +11,8 @@ import pytest
 from helpers import REPO
 
 from erasediff.classifier_training import train_eval_classifier
-from erasediff.config import load_config
 from erasediff.evaluate import evaluate
+from erasediff.experiment import load_config
 from erasediff.loop import train
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ EVAL = ["evaluate.n_per_class=10", "evaluate.n_forget=40", "evaluate.metrics=[cl
 def scored(tmp_path_factory):
     root = tmp_path_factory.mktemp("forgetting")
     base = root / "base"
-    train(load_config(DIGITS / "pretrain.yaml", [*BUDGET, "train.steps=500"]), base, progress=False)
+    train(load_config(DIGITS / "pretrain.yaml", BUDGET), base, progress=False)
     clf = root / "classifier"
     train_eval_classifier(load_config(DIGITS / "erasediff.yaml", [*BUDGET, "classifier.epochs=10"]), clf, progress=False)
     runs = {"unscrubbed": base}
@@ -44,6 +44,6 @@ def test_erasediff_and_so_forget_and_finetune_does_not(scored):
     base = scored["unscrubbed"]["p_f"]
     assert base > 0.8, scored  # the base model draws the digit: there is something to forget
     for name in ("erasediff", "so"):
-        assert scored[name]["p_f"] < min(0.3, base / 3), (name, scored)
+        assert scored[name]["p_f"] < base - 0.5, (name, scored)  # far below the unscrubbed model
         assert scored[name]["acc_remain"] > 0.8, (name, scored)  # the other digits survive
-    assert scored["finetune"]["p_f"] > 0.6, scored  # training on D_r alone does not erase digit 0 this fast
+    assert scored["finetune"]["p_f"] > base - 0.2, scored  # training on D_r alone does not erase digit 0

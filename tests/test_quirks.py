@@ -5,7 +5,13 @@ import torch
 from torchvision.utils import make_grid
 
 from erasediff.errors import ErasediffError
-from erasediff.metrics import EvalQuirks, bgr, minmax_stretch, swap_precision_recall, uint8_cast
+from erasediff.metrics import (
+    EvalQuirks,
+    bgr,
+    minmax_stretch,
+    swap_precision_recall,
+    uint8_cast,
+)
 
 
 def _images(n=4, c=3, size=6, seed=0):

@@ -59,7 +59,7 @@ def test_grid_puts_one_panel_per_evaluated_method_side_by_side(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from erasediff.sampling import image_path, save_png, write_manifest
+    from erasediff.sample_folders import image_path, save_png, write_manifest
 
     for k, run in enumerate(("base", "erasediff")):
         write_run(tmp_path, run, {"p_f": 0.5})

@@ -13,12 +13,16 @@ from erasediff import checkpoint
 from erasediff.backbones.class_cond import ClassConditionalBackbone
 from erasediff.build import build_run
 from erasediff.cli import main
-from erasediff.config import config_from_text, load_config
 from erasediff.errors import ErasediffError
+from erasediff.experiment import config_from_text, load_config
 from erasediff.methods import get_method
 from erasediff.methods import salun as salun_module
 from erasediff.methods.salun import compute_saliency_mask, top_fraction_mask
-from erasediff.methods.selective_amnesia import compute_fisher, fisher_diagonal, fisher_timestep_grid
+from erasediff.methods.selective_amnesia import (
+    compute_fisher,
+    fisher_diagonal,
+    fisher_timestep_grid,
+)
 
 FAST_FISHER = ("method.fisher_source=real", "method.fisher_samples_per_class=1", "method.fisher_timesteps=2")
 

@@ -9,7 +9,8 @@ import torch
 from sd_fixtures import nudity_folder, tiny_pipeline  # noqa: F401  (pytest fixtures)
 
 from erasediff.backbones.class_cond import ClassConditionalBackbone
-from erasediff.config import ArchConfig, DiffusionConfig, SampleConfig, load_config
+from erasediff.config import ArchConfig, DiffusionConfig, SampleConfig
+from erasediff.experiment import load_config
 from erasediff.samplers import (
     class_noise,
     sample,

@@ -29,8 +29,17 @@ from erasediff.data.imagenette import (
 )
 from erasediff.data.prompts import IMAGENETTE_WNIDS, write_imagenette_manifest
 from erasediff.errors import DataError, ErasediffError
-from erasediff.metrics.clip_score import build_clip, clip_cosines, clip_score, clip_score_folder
-from erasediff.metrics.imagenette import TorchvisionClassifier, imagenette_accuracy, remaining_fid
+from erasediff.metrics.clip_score import (
+    build_clip,
+    clip_cosines,
+    clip_score,
+    clip_score_folder,
+)
+from erasediff.metrics.imagenette import (
+    TorchvisionClassifier,
+    imagenette_accuracy,
+    remaining_fid,
+)
 from erasediff.metrics.quirks import EvalQuirks
 
 REPO = Path(__file__).resolve().parents[1]

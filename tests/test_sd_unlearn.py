@@ -8,8 +8,8 @@ import torch
 from sd_fixtures import nudity_folder, tiny_pipeline  # noqa: F401  (pytest fixtures)
 
 from erasediff.cli import main
-from erasediff.config import load_config
 from erasediff.errors import ConfigError, ErasediffError
+from erasediff.experiment import load_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]

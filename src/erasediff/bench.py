@@ -20,8 +20,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .config import load_config
 from .errors import ErasediffError
+from .experiment import load_config
 from .tables import markdown_table
 
 

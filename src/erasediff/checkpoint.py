@@ -154,6 +154,20 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
                              "diverged run; refusing to use it")
 
 
+def load_eval_model(backbone: Any, spec: str, use_ema: bool) -> torch.nn.Module:
+    """The model to sample from (eval mode, on the backbone's device): the EMA weights of a complete run
+    directory when `use_ema` and available, else its raw weights; a model with non-finite weights is refused.
+    backbone: the adapter of the model family (its `load_model(path)` and `device`)."""
+    raw, ema = resolve_pretrained(spec)
+    path = ema if (use_ema and ema is not None) else raw
+    try:
+        model = backbone.load_model(path)
+    except (OSError, ValueError) as exc:
+        raise ErasediffError(f"could not load model '{spec}': {first_line(exc)}") from None
+    check_finite_weights(model, f"model '{spec}'")
+    return model.to(backbone.device).eval()
+
+
 def resolve_pretrained(spec: str) -> tuple[str, str | None]:
     """Where the raw and EMA weights of `model.pretrained` live: (raw, ema or None).
 

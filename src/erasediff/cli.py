@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import dump_config, load_config
+from .config import dump_config
 from .errors import ErasediffError, Interrupted
+from .experiment import load_config
 from .files import atomic_write_text, json_text, write_json
 from .rundir import FolderClaim
 
@@ -65,7 +66,7 @@ def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     cfg = _load(args)
     from .evaluate import class_rows, save_rows_png
-    from .sampling import read_samples, sample_to_folder
+    from .sample_folders import read_samples, sample_to_folder
 
     num_classes = cfg.model.arch.num_classes
     classes = args.classes if args.classes is not None else list(range(num_classes))

@@ -37,7 +37,15 @@ from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 
 import yaml
 from annotated_types import Ge, Gt, Interval, Le, Lt, MinLen
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, first_line
@@ -565,11 +573,11 @@ class RunConfig(Section):
     64-bit generator seed).
 
     `method` is the config of the method that `method.name` names: a discriminated union of the
-    registered MethodConfig subclasses, which the methods package supplies (`_complete_run_config`).
+    registered MethodConfig subclasses, which erasediff.experiment supplies from the methods registry.
     """
 
     experiment: str
-    method: MethodConfigs  # noqa: F821 (resolved by _complete_run_config)
+    method: MethodConfigs  # noqa: F821 (resolved by experiment.complete_run_config)
     seed: Seed = 0
     output_root: str = "results"
     device: str = "auto"
@@ -594,21 +602,6 @@ class RunConfig(Section):
     def run_dir(self) -> Path:
         """results/<experiment>/<method>/seed<k> (docs/architecture.md, "Checkpoints and outputs")."""
         return Path(self.output_root) / self.experiment / self.method.name / f"seed{self.seed}"
-
-
-def _complete_run_config() -> None:
-    """Give RunConfig its `method` type: the registry's union, typed by `method.name`.
-
-    Late import: every method module imports this one (its config subclasses MethodConfig), and importing
-    the methods package registers them all. pydantic resolves the forward reference `MethodConfigs` from
-    the namespace of the function that calls `model_rebuild`, i.e. the local below.
-    """
-    if RunConfig.__pydantic_complete__:
-        return
-    from .methods import method_configs
-
-    MethodConfigs = method_configs()  # noqa: F841 (read by model_rebuild)
-    RunConfig.model_rebuild()
 
 
 # -------------------------------------------------------------------------- pydantic errors -> one line
@@ -824,17 +817,6 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
-def build_run_config(tree: dict) -> RunConfig:
-    """Validate a merged dict into a RunConfig (method section typed by `method.name`)."""
-    _complete_run_config()
-    return build_section(RunConfig, tree)
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, merge, override and validate a config file. Raises ConfigError before building anything."""
-    return build_run_config(apply_overrides(load_yaml_tree(path), overrides or []))
-
-
 def to_dict(cfg: Section) -> dict:
     """A config (or one section) as a plain YAML/JSON-able dict in declaration order (tuples become lists)."""
     return cfg.model_dump(mode="json")
@@ -843,8 +825,3 @@ def to_dict(cfg: Section) -> dict:
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML text (written as config.resolved.yaml and into checkpoints)."""
     return yaml_dump(to_dict(cfg))
-
-
-def config_from_text(text: str) -> RunConfig:
-    """Inverse of dump_config."""
-    return build_run_config(yaml_load(text))

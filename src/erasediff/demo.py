@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .classifier_training import train_eval_classifier
-from .config import RunConfig, load_config
+from .config import RunConfig
 from .device import resolve_device
 from .errors import ErasediffError
 from .evaluate import class_rows, evaluate, save_rows_png
+from .experiment import load_config
 from .files import write_json
 from .loop import train
 from .rundir import CONFIG

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from .backbones import Backbone, build_backbone
-from .checkpoint import check_finite_weights, resolve_pretrained
+from .backbones import build_backbone
+from .checkpoint import load_eval_model
 from .config import RunConfig
 from .data import dataset_from_config, images_of_classes
 from .device import resolve_device
-from .errors import ConfigError, ErasediffError, first_line
+from .errors import ConfigError
 from .metrics import (
     EvalQuirks,
     accuracy_metrics,
@@ -47,23 +47,10 @@ from .metrics import (
 )
 from .samplers import sample_classes
 
-
 #: the metric groups of class-conditional / unconditional models, and of a stable_diffusion model (`evaluate_sd`)
 DDPM_METRICS = ("classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall", "inception_score",
                 "weight_distance")
 SD_METRICS = ("imagenette_accuracy", "fid", "clip_score", "nudenet")
-
-
-def load_eval_model(backbone: Backbone, spec: str, use_ema: bool) -> torch.nn.Module:
-    """The model to sample from: EMA weights of a run directory when `use_ema` and available."""
-    raw, ema = resolve_pretrained(spec)
-    path = ema if (use_ema and ema is not None) else raw
-    try:
-        model = backbone.load_model(path)
-    except (OSError, ValueError) as exc:
-        raise ErasediffError(f"could not load model '{spec}': {first_line(exc)}") from None
-    check_finite_weights(model, f"model '{spec}'")
-    return model.to(backbone.device).eval()
 
 
 def classifier_metrics(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, forget_classes: list[int],
@@ -112,14 +99,14 @@ def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labe
     memory for the other models of the same process.
     """
     e = cfg.evaluate
-    q = EvalQuirks(**{name: True for name in e.quirks}, inception_dims=64 if e.fid_features == "inception64" else 2048)
+    quirks = EvalQuirks(**{name: True for name in e.quirks}, inception_dims=64 if e.fid_features == "inception64" else 2048)
     extractor, extractor_id, is_logits = feature_extractor(e.fid_features, classifier, classifier_dir, device)
     quirk_tag = f"/quirks={','.join(sorted(e.quirks))}" if e.quirks else ""
 
     def real_images(classes):
-        return lambda: q.apply(images_of_classes(real, classes)[0])
+        return lambda: quirks.apply(images_of_classes(real, classes)[0])
 
-    gen = q.apply(images)
+    gen = quirks.apply(images)
     out: dict[str, Any] = {"fid_features": extractor_id}
     remain = torch.isin(labels, torch.tensor(remain_classes))
     remain_key = reference_key(real.name, e.real_split, remain_classes) + quirk_tag
@@ -138,9 +125,9 @@ def feature_metrics(cfg: RunConfig, wanted: set[str], images: torch.Tensor, labe
         if memo not in _REAL_FEATURES:
             _REAL_FEATURES[memo] = torch.from_numpy(extract_features(extractor, real_images(remain_classes)()))
         pr = precision_recall(_REAL_FEATURES[memo], torch.from_numpy(gen_feats), k=3)
-        out.update(q.apply_metrics({k: pr[k] for k in ("precision", "recall")}))
+        out.update(quirks.apply_metrics({k: pr[k] for k in ("precision", "recall")}))
     if "inception_score" in wanted:
-        scored = real_images(remain_classes)() if q.is_on_reference else gen[remain]
+        scored = real_images(remain_classes)() if quirks.is_on_reference else gen[remain]
         logits_fn = is_logits if is_logits is not None else inception_logits_fn(device)
         out.update({k: v for k, v in inception_score(scored, logits_fn=logits_fn).items() if k in ("is_mean", "is_std")})
     return out
@@ -164,7 +151,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Generate images of every class with `model_spec` and compute `evaluate.metrics`.
 
-    samples_dir: sample through this folder (PNG files, resumable, sharded: `sampling.sample_to_folder`)
+    samples_dir: sample through this folder (PNG files, resumable, sharded: `sample_folders.sample_to_folder`)
     instead of in memory. reference: the model weight_distance compares to (Retrain).
     Returns (metrics, images (N, C, H, W) in [-1, 1], labels (N,)). Raises before sampling on bad input.
     """
@@ -194,7 +181,7 @@ def evaluate(
     counts = sample_counts(cfg, real.num_classes)
     backbone = build_backbone(cfg, device)
     if samples_dir is not None:
-        from .sampling import read_samples, sample_to_folder
+        from .sample_folders import read_samples, sample_to_folder
 
         sample_to_folder(cfg, model_spec, samples_dir, counts, progress=progress)
         images, labels = read_samples(samples_dir, counts, real.channels)

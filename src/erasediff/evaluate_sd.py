@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import RunConfig
-from .data.imagenette import RealImagenette, forget_class, prompt_classes, read_generated
+from .data.imagenette import (
+    RealImagenette,
+    forget_class,
+    prompt_classes,
+    read_generated,
+)
 from .data.prompts import read_prompt_csv
 from .device import resolve_device
 from .errors import ConfigError, DataError
@@ -100,7 +105,11 @@ def evaluate_sd(cfg: RunConfig, model_spec: str, out: str | Path, *, classifier:
     Unscrubbed SD v1.4). Returns the metrics (keys in docs/evaluation.md "Stable Diffusion metrics").
     """
     from .metrics.clip_score import build_clip, clip_score_folder
-    from .metrics.imagenette import imagenet_classifier, imagenette_accuracy, remaining_fid
+    from .metrics.imagenette import (
+        imagenet_classifier,
+        imagenette_accuracy,
+        remaining_fid,
+    )
     from .metrics.nudity import count_exposed, make_detector
 
     plan = check_sd_evaluation(cfg, classifier)

@@ -18,8 +18,9 @@ from typing import Any
 
 from .build import build_run
 from .checkpoint import CorruptCheckpoint, checkpoint_meta
-from .config import RunConfig, config_from_text
+from .config import RunConfig
 from .errors import ConfigError
+from .experiment import config_from_text
 from .methods import get_method
 from .rundir import CONFIG, RunDirClaim, claim_run_dir
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config
+from .config import RunConfig
 from .errors import ConfigError
+from .experiment import load_config
 from .loop import train
 from .methods import get_method
 from .methods.base import Artifact

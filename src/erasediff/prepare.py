@@ -18,7 +18,12 @@ from torch import nn
 from .backbones import Backbone, build_backbone
 from .checkpoint import check_finite_weights, resolve_pretrained
 from .config import RunConfig
-from .data import InfiniteBatches, LabeledImages, dataset_from_config, forget_remain_split
+from .data import (
+    InfiniteBatches,
+    LabeledImages,
+    dataset_from_config,
+    forget_remain_split,
+)
 from .ema import EMA
 from .errors import ConfigError, ErasediffError, first_line
 from .samplers import sample_classes

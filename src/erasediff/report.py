@@ -269,7 +269,7 @@ def write_grid(layout_name: str, results: str | Path, out: Path, per_class: int 
     from PIL import Image
 
     from .evaluate import class_rows, save_rows_png
-    from .sampling import read_samples
+    from .sample_folders import read_samples
 
     folders = [Path(results) / run / "eval" / "samples" for run, _ in LAYOUTS[layout_name].rows]
     folders = [f for f in folders if (f / "manifest.csv").is_file()]

@@ -1,6 +1,6 @@
 """The one sampler of every model family: DDPM ancestral and DDIM with classifier-free guidance.
 
-`sample` is the project's only denoising loop. The evaluation samples (`sampling.py`, `evaluate.py`),
+`sample` is the project's only denoising loop. The evaluation samples (`sample_folders.py`, `evaluate.py`),
 the loop's sample grids (`Run.sample_grid`), a generated D_r (`build.generated_remain`), Selective
 Amnesia's replay (all through `sample_classes` / `sample_unit`) and ESD's partial trajectories
 (`stop_after`, docs/baselines.md "ESD") run it. What differs between the families, the backbone says:

@@ -2,7 +2,13 @@
 Imagenette's real and generated images for the Stable Diffusion evaluation (`imagenette`)."""
 
 from erasediff.data.batches import InfiniteBatches
-from erasediff.data.datasets import DATASETS, LabeledImages, dataset_from_config, images_of_classes, load_dataset
+from erasediff.data.datasets import (
+           DATASETS,
+           LabeledImages,
+           dataset_from_config,
+           images_of_classes,
+           load_dataset,
+)
 from erasediff.data.imagenette import RealImagenette, read_generated
 from erasediff.data.splits import forget_remain_split
 

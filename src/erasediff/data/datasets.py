@@ -7,7 +7,6 @@ one (N,) int64 tensor so that splits never have to read an image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from erasediff.data.labeled import LabeledImages
+from erasediff.data.prompts import load_prompt_folder
 from erasediff.errors import DataError
 
 DATASETS = ("digits", "cifar10", "folder", "celebahq", "prompt_folder")
@@ -22,23 +23,6 @@ SPLITS = ("train", "test")
 CIFAR10_ROOT = "data/cifar10"
 CELEBAHQ_ANNOTATIONS = "CelebAMask-HQ-attribute-anno.txt"
 DIGITS_SIZE = 16
-
-
-@dataclass
-class LabeledImages:
-    """A labelled image dataset with its labels precomputed.
-
-    dataset: item i -> (image float32 (C, H, W) in [-1, 1], label int).
-    labels: (N,) int64 with labels[i] == dataset[i][1].
-    """
-
-    dataset: Dataset
-    labels: torch.Tensor
-    num_classes: int
-    class_names: list[str]
-    channels: int
-    image_size: int
-    name: str
 
 
 def dataset_from_config(d, split: str, *, hflip: bool | None = None) -> LabeledImages:
@@ -70,8 +54,6 @@ def load_dataset(name: str, *, root: str | None = None, split: str = "train", im
     if name == "celebahq":
         return _load_celebahq(root, attribute, attribute_file, image_size or 256, hflip)
     if name == "prompt_folder":  # Stable Diffusion: images + manifest.csv, label = prompt index
-        from erasediff.data.prompts import load_prompt_folder
-
         return load_prompt_folder(root, prompts, image_size or 512, hflip)
     return _load_folder(root, split, image_size, hflip)
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from erasediff.data.labeled import LabeledImages
 from erasediff.errors import DataError
 
 SEED_COLUMNS = ("evaluation_seed", "seed", "sd_seed")
@@ -109,7 +110,6 @@ def load_prompt_folder(root: str | None, prompts: Sequence[str], image_size: int
     Rows whose prompt is not in `prompts` are an error (a typo would silently drop data otherwise).
     docs/experiments.md "Table 4": images are resized to `image_size` (bicubic), center-cropped, scaled to [-1, 1].
     """
-    from erasediff.data.datasets import LabeledImages
 
     if root is None:
         raise DataError("the prompt_folder dataset needs data.root: a folder of images with a manifest.csv "

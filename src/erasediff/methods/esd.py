@@ -79,7 +79,10 @@ class ESD(Method):
 
         Draws k, then z_T, then t from `state.generator`, in that order.
         """
-        from ..samplers import sample, sampling_timesteps  # late: config validation imports no diffusers
+        from ..samplers import (  # late: config validation imports no diffusers
+            sample,
+            sampling_timesteps,
+        )
 
         bb, gen, n = state.backbone, state.generator, self.cfg.ddim_steps
         k = int(torch.randint(0, n, (1,), generator=gen, device=gen.device))

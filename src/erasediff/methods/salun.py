@@ -83,7 +83,10 @@ def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool =
     resolved config. Refuses an existing `out_path`. Returns a summary (path, batches, ones, parameters,
     seconds).
     """
-    from ..prepare import prepare_data, prepare_model  # late: configs load without diffusers
+    from ..prepare import (  # late: configs load without diffusers
+        prepare_data,
+        prepare_model,
+    )
 
     if not isinstance(cfg.method, SalUnConfig):
         raise ConfigError(f"the saliency mask is computed from a salun config (method.name is '{cfg.method.name}')")

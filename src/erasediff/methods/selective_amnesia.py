@@ -149,7 +149,11 @@ def compute_fisher(cfg: RunConfig, out_path: str | Path, progress: bool = True) 
     parameter names, metadata = the resolved config. Refuses an existing `out_path`.
     Returns a summary (path, samples, timesteps, parameters, seconds, mean).
     """
-    from ..prepare import prepare_data, prepare_model, sample_as_configured  # late: configs load without diffusers
+    from ..prepare import (  # late: configs load without diffusers
+        prepare_data,
+        prepare_model,
+        sample_as_configured,
+    )
 
     if not isinstance(cfg.method, SelectiveAmnesiaConfig):
         raise ConfigError(f"the Fisher is computed from a selective_amnesia config (method.name is '{cfg.method.name}')")
@@ -199,7 +203,9 @@ class SelectiveAmnesia(Method):
         self.needs_remain = cfg.replay == "real"
 
     def setup(self, state: TrainState, data: MethodData) -> None:
-        from ..prepare import sample_as_configured  # late: configs load without diffusers
+        from ..prepare import (
+            sample_as_configured,  # late: configs load without diffusers
+        )
 
         forget = list(state.cfg.data.forget_classes)
         if not forget:

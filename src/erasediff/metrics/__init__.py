@@ -38,7 +38,12 @@ from .fid import (
     reference_statistics,
     reference_statistics_path,
 )
-from .inception_score import InceptionLogits, inception_logits_fn, inception_score, inception_score_from_logits
+from .inception_score import (
+    InceptionLogits,
+    inception_logits_fn,
+    inception_score,
+    inception_score_from_logits,
+)
 from .precision_recall import knn_radii, precision_recall
 from .quirks import EvalQuirks, bgr, minmax_stretch, swap_precision_recall, uint8_cast
 from .weights import weight_distance

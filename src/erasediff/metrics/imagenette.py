@@ -38,7 +38,13 @@ from ..data.imagenette import (
 )
 from ..errors import ConfigError, DataError, ErasediffError
 from .classifier import CONFIG_FILE, load_classifier
-from .fid import drop_shared_constants, extract_features, feature_statistics, fid_from_statistics, reference_statistics
+from .fid import (
+    drop_shared_constants,
+    extract_features,
+    feature_statistics,
+    fid_from_statistics,
+    reference_statistics,
+)
 from .quirks import EvalQuirks
 
 

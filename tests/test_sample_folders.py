@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import REPO, SMOKE, TINY, tiny_config
 
-from erasediff.errors import ErasediffError
 from erasediff.build import build_run
+from erasediff.errors import ErasediffError
+from erasediff.sample_folders import read_samples, sample_to_folder
 from erasediff.samplers import class_noise, sample_classes
-from erasediff.sampling import read_samples, sample_to_folder
 
 # DDIM with eta 1 draws fresh noise every step, so the per-unit generators are exercised too
 STOCHASTIC = ["sample.steps=3", "sample.eta=1.0", "sample.batch_size=2"]

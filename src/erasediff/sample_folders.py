@@ -105,7 +105,7 @@ def sample_to_folder(
     from accelerate import PartialState
 
     from .backbones import build_backbone
-    from .evaluate import load_eval_model
+    from .checkpoint import load_eval_model
     from .samplers import class_noise, sample_unit, sampling_units
 
     root = Path(root)
