@@ -13,7 +13,8 @@ FORKSERVER = Path(__file__).resolve().parent / "forkserver.py"
 PRELOAD = [
     "erasediff.cli", "erasediff.loop", "erasediff.evaluate", "erasediff.sample_folders", "erasediff.report",
     "erasediff.classifier_training", "erasediff.methods.selective_amnesia", "erasediff.methods.salun",
-    "erasediff.backbones.stable_diffusion", "erasediff.generate", "erasediff.metrics.nudity",
+    "erasediff.backbones.stable_diffusion", "erasediff.generate", "erasediff.metrics.nudity", "erasediff.precompute",
+    "erasediff.evaluate_sd",
     "transformers.models.clip.modeling_clip", "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
 ]
 

@@ -71,7 +71,14 @@ def test_unlearn_evaluate_and_sample_from_a_run(base_run, tmp_path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((un / "eval" / "metrics.json").read_text())
     assert {"p_f", "entropy_f", "acc_remain", "fd_remain"} <= set(metrics)
-    assert 0 <= metrics["p_f"] <= 1
+    # p_f is the judge's mean probability of the forgotten digit on the forget-class images it saved
+    from erasediff.metrics.classifier import classifier_outputs, load_classifier
+    from erasediff.sample_folders import read_samples
+
+    n_forget = tiny_config("erasediff").evaluate.n_per_class
+    images, _ = read_samples(un / "eval" / "samples", {0: n_forget}, channels=1)
+    logits, _ = classifier_outputs(load_classifier(clf), images)
+    assert metrics["p_f"] == pytest.approx(float(logits.softmax(-1)[:, 0].mean()), abs=1e-6)
 
     samples = tmp_path / "samples"
     r = cli("sample", "--config", str(SMOKE / "erasediff.yaml"), *sets(*TINY), "--model", str(un), "--output-dir",

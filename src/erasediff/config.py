@@ -554,6 +554,13 @@ class ClassifierConfig(Section):
         return self
 
 
+def at_most_timesteps(run: "RunConfig", key: str, value: int) -> None:
+    """ValueError unless `value` (a step count of config key `key`) is <= diffusion.num_train_timesteps."""
+    T = run.diffusion.num_train_timesteps
+    if value > T:
+        raise ValueError(f"config key '{key}' must be <= diffusion.num_train_timesteps = {T} (got {value})")
+
+
 class MethodConfig(Section):
     """Base of a method's own config, in its file erasediff/methods/<name>.py next to the method.
 
@@ -592,10 +599,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
-        T = self.diffusion.num_train_timesteps
-        if self.sample.steps > T:
-            raise ValueError(f"config key 'sample.steps' must be <= diffusion.num_train_timesteps = {T} "
-                             f"(got {self.sample.steps})")
+        at_most_timesteps(self, "sample.steps", self.sample.steps)
         self.method.check_run(self)
         return self
 

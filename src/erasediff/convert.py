@@ -18,6 +18,9 @@ Key mapping (docs/peers.md "Converting SA-family checkpoints"; N = number of res
         (1x1 conv kernels (C, C, 1, 1) squeezed to Linear weights (C, C))
     down.i.downsample.conv / up.L.upsample.conv -> .downsamplers.0.conv / .upsamplers.0.conv
     mid.block_1, mid.attn_1, mid.block_2 -> unet.mid_block.resnets.0, .attentions.0, .resnets.1
+
+Why one file over 300 lines: the key mapping, the strict shape checks and the tensors-only unpickler
+serve both converters (weights and Fisher) and are read together when a mapping is checked.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Annotated, Literal
 import torch
 from annotated_types import Ge
 
-from ..config import MethodConfig, RunConfig, SampleConfig
+from ..config import MethodConfig, RunConfig, SampleConfig, at_most_timesteps
 from ..errors import ConfigError
 from ..losses import eps_mse
 from . import register
@@ -50,10 +50,7 @@ class ESDConfig(MethodConfig):
     sample_with: Literal["current", "frozen"] = "current"
 
     def check_run(self, run: RunConfig) -> None:
-        T = run.diffusion.num_train_timesteps
-        if self.ddim_steps > T:
-            raise ValueError(f"config key 'method.ddim_steps' must be <= diffusion.num_train_timesteps = {T} "
-                             f"(got {self.ddim_steps})")
+        at_most_timesteps(run, "method.ddim_steps", self.ddim_steps)
 
 
 @register

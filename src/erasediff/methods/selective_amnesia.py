@@ -52,7 +52,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..checkpoint import fresh_path, save_param_file
-from ..config import MethodConfig, RunConfig, dump_config
+from ..config import MethodConfig, RunConfig, at_most_timesteps, dump_config
 from ..data import InfiniteBatches, images_of_classes
 from ..device import resolve_device
 from ..errors import ConfigError
@@ -82,10 +82,7 @@ class SelectiveAmnesiaConfig(MethodConfig):
     fisher_reduction: Literal["sum", "mean"] = "sum"
 
     def check_run(self, run: RunConfig) -> None:
-        T = run.diffusion.num_train_timesteps
-        if self.fisher_timesteps > T:
-            raise ValueError(f"config key 'method.fisher_timesteps' must be <= diffusion.num_train_timesteps = {T} "
-                             f"(got {self.fisher_timesteps})")
+        at_most_timesteps(run, "method.fisher_timesteps", self.fisher_timesteps)
 
 
 # ------------------------------------------------------------------------------------------- Fisher

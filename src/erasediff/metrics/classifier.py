@@ -11,6 +11,9 @@ Both take images (B, C, H, W) in [-1, 1] and have `.features` (penultimate vecto
 the logits on generated images come p_f (mean softmax probability of c_f, lower is better),
 entropy_f (mean entropy in nats, at most ln K) and acc_f (share whose argmax is c_f); the features
 feed the Fréchet distance (`fid.py`).
+
+Why one file over 300 lines: both judges, their training loop, their save/load format and the metrics
+on their outputs must agree on one input convention; they change together.
 """
 
 from __future__ import annotations
