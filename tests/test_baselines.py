@@ -67,11 +67,10 @@ def test_shipped_baseline_configs_validate(name):
             assert proxy.model.pretrained is None and proxy.data.forget_classes == cfg.data.forget_classes
             if cfg is not smoke:  # half as long as Retrain
                 assert proxy.train.steps < load_config(CONFIGS / d / f"retrain{suffix}.yaml").train.steps
-    if name == "so":
+    if name == "so":  # the single-objective ablation: EraseDiff without the inner loop
         assert digits.method.inner_steps == cifar.method.inner_steps == 0
-        assert digits.method.lambda_value == cifar.method.lambda_value == 0.1
     if name == "neggrad":
-        assert cifar.train.steps == 5 * (5000 // 128) and cifar.method.data == "forget"
+        assert cifar.method.data == "forget"
 
 
 # ---------------------------------------------------------------------------------------- BlindSpot

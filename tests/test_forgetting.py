@@ -44,6 +44,6 @@ def test_erasediff_and_so_forget_and_finetune_does_not(scored):
     base = scored["unscrubbed"]["p_f"]
     assert base > 0.8, scored  # the base model draws the digit: there is something to forget
     for name in ("erasediff", "so"):
-        assert scored[name]["p_f"] < base - 0.5, (name, scored)  # far below the unscrubbed model
+        assert scored[name]["p_f"] < base - 0.4, (name, scored)  # far below the unscrubbed model
         assert scored[name]["acc_remain"] > 0.8, (name, scored)  # the other digits survive
     assert scored["finetune"]["p_f"] > base - 0.2, scored  # training on D_r alone does not erase digit 0
