@@ -13,7 +13,8 @@ from erasediff.cli import main
 from erasediff.errors import ConfigError
 from erasediff.evaluate import evaluate
 
-ALL = "evaluate.metrics=[classifier, per_class_fd, fid, per_class_fid, precision_recall, inception_score, weight_distance]"
+ALL = ("evaluate.metrics=[classifier, per_class_fd, robust_forgetting, fid, per_class_fid, precision_recall, "
+       "inception_score, weight_distance]")
 COMMON = ["evaluate.n_per_class=12", "sample.steps=2", "evaluate.fid_features=classifier"]
 
 
@@ -39,6 +40,10 @@ def test_every_metric_group_on_digits(setup, tmp_path):
     assert metrics["fid"] == pytest.approx(metrics["fd_remain"], rel=1e-3)
     for c in range(10):
         assert metrics[f"fid_class_{c}"] == pytest.approx(metrics[f"fd_class_{c}"], rel=1e-3)
+    # robust_forgetting's fd_f is the forgotten class's own Fréchet distance; its share never exceeds acc_f
+    forget = tiny_config("erasediff").data.forget_classes[0]
+    assert metrics["fd_f"] == pytest.approx(metrics[f"fd_class_{forget}"], rel=1e-6)
+    assert metrics["p_f_in_dist"] <= min(metrics["acc_f"], metrics["in_dist_f"])
     assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert 1 <= metrics["is_mean"] <= 10  # classifier logits: IS between 1 and the number of classes
     assert metrics["l2"] > 0 and 0 < metrics["relative_l2"]

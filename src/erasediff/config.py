@@ -444,6 +444,10 @@ class EvaluateConfig(Section):
       classifier        p_f, entropy_f, acc_f over the forgotten classes; acc_remain and fd_remain (the
                         Fréchet distance in the classifier's feature space) over the remaining ones
       per_class_fd      that Fréchet distance for every class separately (fd_class_<c>; Table 3 on digits)
+      robust_forgetting for each forgotten class c: p_f_in_dist, the share of its images that the judge
+                        reads as c AND whose judge features lie inside the real class (k = 3 nearest-real
+                        distance below the 99th percentile of real held-out images'); in_dist_f; fd_f,
+                        the Fréchet distance of c's images to its real ones (metrics/in_distribution.py)
       fid               FID of the remaining classes pooled against the real ones (features: fid_features)
       per_class_fid     FID of every class against its own real images (fid_class_<c>; Table 3)
       precision_recall  improved precision / recall, k = 3 (Kynkäänniemi 2019), remaining classes
@@ -474,7 +478,8 @@ class EvaluateConfig(Section):
     n_forget: Optional[Annotated[int, Ge(1)]] = None
     classifier: Optional[str] = None
     real_split: Literal["train", "test"] = "train"
-    metrics: Annotated[tuple[Literal["classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall",
+    metrics: Annotated[tuple[Literal["classifier", "per_class_fd", "robust_forgetting", "fid", "per_class_fid",
+                                     "precision_recall",
                                      "inception_score", "weight_distance", "imagenette_accuracy", "clip_score",
                                      "nudenet"], ...], MinLen(1)] = ("classifier",)
     fid_features: Literal["inception", "inception64", "classifier"] = "inception"

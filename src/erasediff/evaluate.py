@@ -35,6 +35,7 @@ from .metrics import (
     fid_from_statistics,
     forgetting_metrics,
     frechet_distance,
+    in_distribution_forgetting,
     inception_extractor,
     inception_logits_fn,
     inception_score,
@@ -48,8 +49,8 @@ from .metrics import (
 from .samplers import sample_classes
 
 #: the metric groups of class-conditional / unconditional models, and of a stable_diffusion model (`evaluate_sd`)
-DDPM_METRICS = ("classifier", "per_class_fd", "fid", "per_class_fid", "precision_recall", "inception_score",
-                "weight_distance")
+DDPM_METRICS = ("classifier", "per_class_fd", "robust_forgetting", "fid", "per_class_fid", "precision_recall",
+                "inception_score", "weight_distance")
 SD_METRICS = ("imagenette_accuracy", "fid", "clip_score", "nudenet")
 
 
@@ -145,6 +146,25 @@ def per_class_fd(features: torch.Tensor, labels: torch.Tensor, real_features: to
     return {f"{prefix}_class_{c}": frechet_distance(features[labels == c], real_features[real_labels == c]) for c in classes}
 
 
+def robust_forgetting(classifier, logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
+                      real_feats: torch.Tensor, real_labels: torch.Tensor, held_out, forget: list[int],
+                      device: torch.device) -> dict[str, float]:
+    """The noise-proof forgetting measures of every forgotten class c (metrics.in_distribution): p_f_in_dist
+    (judged as c and inside the real class, threshold from the held-out split), in_dist_f and fd_f (the
+    Fréchet distance of c's generated images to its real ones in the judge's features); the mean over the
+    forgotten classes, and `<key>_class_<c>` when there are several."""
+    per: dict[int, dict[str, float]] = {}
+    for c in forget:
+        _, held_feats = classifier_outputs(classifier, images_of_classes(held_out, [c])[0].to(device))
+        gen, ref = labels == c, real_labels == c
+        per[c] = in_distribution_forgetting(logits[gen], feats[gen], c, real_feats[ref], held_feats)
+        per[c]["fd_f"] = frechet_distance(feats[gen], real_feats[ref])
+    out = {k: sum(m[k] for m in per.values()) / len(per) for k in ("p_f_in_dist", "in_dist_f", "fd_f")}
+    if len(forget) > 1:
+        out.update({f"{k}_class_{c}": m[k] for c, m in per.items() for k in ("p_f_in_dist", "in_dist_f", "fd_f")})
+    return out
+
+
 def evaluate(
     cfg: RunConfig, model_spec: str, *, classifier_dir: str | None = None, progress: bool = True,
     device: torch.device | None = None, samples_dir: str | Path | None = None, reference: str | None = None,
@@ -163,11 +183,11 @@ def evaluate(
                           f"{', '.join(DDPM_METRICS)}" if sd_only else
                           "a stable_diffusion model is evaluated on a prompt CSV by `evaluate_sd.evaluate_sd`")
     classifier_dir = classifier_dir or e.classifier
-    needs_classifier = bool(wanted & {"classifier", "per_class_fd"}) or (
+    needs_classifier = bool(wanted & {"classifier", "per_class_fd", "robust_forgetting"}) or (
         bool(wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}) and e.fid_features == "classifier")
     if needs_classifier and classifier_dir is None:
         raise ConfigError("evaluation needs a classifier: set evaluate.classifier or pass --classifier DIR")
-    if "classifier" in wanted and not forget:
+    if wanted & {"classifier", "robust_forgetting"} and not forget:
         raise ConfigError("evaluation needs the forgotten classes: set data.forget_classes (e.g. [0])")
     if "weight_distance" in wanted and reference is None:
         raise ConfigError("evaluate.metrics has weight_distance: pass --reference RUN (the Retrain model)")
@@ -206,6 +226,10 @@ def evaluate(
             metrics.update(classifier_metrics(logits, feats, labels_d, forget, real_feats[remain_real]))
         if "per_class_fd" in wanted:
             metrics.update(per_class_fd(feats, labels_d, real_feats, real_labels_d, list(range(real.num_classes)), "fd"))
+        if "robust_forgetting" in wanted:
+            held = dataset_from_config(cfg.data, "test" if e.real_split == "train" else "train", hflip=False)
+            metrics.update(robust_forgetting(classifier, logits, feats, labels_d, real_feats, real_labels_d, held,
+                                             forget, device))
     fid_family = wanted & {"fid", "per_class_fid", "precision_recall", "inception_score"}
     if fid_family:
         metrics.update(feature_metrics(cfg, fid_family, images, labels, real, remain_classes, classifier,

@@ -38,6 +38,7 @@ from .fid import (
     reference_statistics,
     reference_statistics_path,
 )
+from .in_distribution import in_distribution_forgetting
 from .inception_score import (
     InceptionLogits,
     inception_logits_fn,
@@ -66,6 +67,7 @@ __all__ = [
     "fid_from_statistics",
     "forgetting_metrics",
     "frechet_distance",
+    "in_distribution_forgetting",
     "inception_extractor",
     "inception_logits_fn",
     "inception_score",

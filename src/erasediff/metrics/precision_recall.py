@@ -31,19 +31,24 @@ def _as_features(features, what: str, device: torch.device | None) -> torch.Tens
     return x
 
 
-def knn_radii(features: torch.Tensor, k: int = 3, batch_size: int = 1024) -> torch.Tensor:
-    """Distance of every row of features (N, D) to its k-th nearest other row: (N,) float32.
+def knn_radii(features: torch.Tensor, k: int = 3, batch_size: int = 1024,
+              reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance of every row of features (N, D) to its k-th nearest other row: (N,).
 
-    The (k+1)-th smallest distance of a row to all rows, its zero self-distance being the first
-    (as guided-diffusion's `ManifoldEstimator`); exact duplicates count as neighbours at distance 0.
+    Without `reference`: among the rows themselves, the (k+1)-th smallest distance of a row to all rows,
+    its zero self-distance being the first (as guided-diffusion's `ManifoldEstimator`); exact duplicates
+    count as neighbours at distance 0. With `reference` (M, D): the k-th smallest distance to its rows
+    (query points that are not among them, e.g. held-out or generated images).
     """
-    n = len(features)
-    if n <= k:
-        raise ErasediffError(f"k-nearest-neighbour radii with k={k} need more than {k} feature vectors (got {n})")
-    radii = torch.empty(n, dtype=features.dtype, device=features.device)
-    for start in range(0, n, batch_size):
-        block = torch.cdist(features[start:start + batch_size], features)  # (B, N) Euclidean distances
-        radii[start:start + batch_size] = torch.kthvalue(block, k + 1, dim=1).values
+    ref = features if reference is None else reference
+    rank = k + 1 if reference is None else k
+    if len(ref) < rank:
+        raise ErasediffError(f"k-nearest-neighbour radii with k={k} need more than {rank - 1} reference feature "
+                             f"vectors (got {len(ref)})")
+    radii = torch.empty(len(features), dtype=features.dtype, device=features.device)
+    for start in range(0, len(features), batch_size):
+        block = torch.cdist(features[start:start + batch_size], ref)  # (B, M) Euclidean distances
+        radii[start:start + batch_size] = torch.kthvalue(block, rank, dim=1).values
     return radii
 
 
