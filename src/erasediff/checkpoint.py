@@ -113,7 +113,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]
 
 def load_checkpoint(path: Path) -> tuple[int, str, dict[str, Any]]:
     """Read and verify a checkpoint: (step, resolved config YAML, states)."""
-    meta, tensors = read_checkpoint(path)
+    return unpack_checkpoint(*read_checkpoint(path))
+
+
+def unpack_checkpoint(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> tuple[int, str, dict[str, Any]]:
+    """(step, resolved config YAML, states) of what `read_checkpoint` returned."""
     skeleton = json.loads(meta["state"])
     return int(meta["step"]), meta["config"], {name: unflatten(v, tensors) for name, v in skeleton.items()}
 

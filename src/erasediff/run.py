@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     CorruptCheckpoint,
-    checkpoint_meta,
     checkpoint_path,
-    load_checkpoint,
     prune_checkpoints,
+    read_checkpoint,
     save_checkpoint,
+    unpack_checkpoint,
 )
 from .config import RunConfig, dump_config
 from .data import LabeledImages
@@ -108,11 +108,11 @@ class Run:
         """Load the newest checkpoint that reads back exactly; a damaged one is named and the previous used."""
         for path in checkpoints:
             try:
-                step, _, states = load_checkpoint(path)
-                meta = checkpoint_meta(path)
+                meta, tensors = read_checkpoint(path)  # one read: verified tensors and the loop's metadata
             except CorruptCheckpoint as exc:
                 print(f"warning: {exc}; falling back to the previous checkpoint", file=sys.stderr)
                 continue
+            step, _, states = unpack_checkpoint(meta, tensors)
             self._load_states(step, states)
             loop = json.loads(meta.get("loop", "{}"))
             self.skipped_steps = int(loop.get("skipped_steps", 0))
