@@ -223,6 +223,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.output_dir)}: bench.json, bench.md")
 
 
+def cmd_forget_each(args: argparse.Namespace) -> None:
+    from .forget_each import make_plan, run_forget_each
+
+    plan = make_plan(args.config_dir, args.output_dir, args.methods, args.classes, args.seeds, args.overrides, args.device)
+    run_forget_each(plan, progress=not args.no_progress)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -340,6 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("forget-each", help="unlearn every class separately (several seeds and methods) and print the "
+                       "class x method table", description="from one config folder: per seed a base model (pretrain.yaml) "
+                       "and a judge, then for every class each method unlearning that class alone from that base, every "
+                       "model evaluated on the same noise (p_f, p_f_in_dist, fd_f, acc_remain, fd_remain). Writes "
+                       "OUTPUT/forget_each.md, .json and .png; finished stages are reused and interrupted ones resumed "
+                       "when the same command runs again (docs/experiments.md \"Forget each class\").")
+    p.add_argument("--config-dir", default=str(_default_demo_configs()),
+                   help="folder with pretrain.yaml and one YAML per method (default DDPM/configs/digits)")
+    p.add_argument("--methods", nargs="+", help="method configs of the folder by file stem (default: erasediff so "
+                   "finetune selective_amnesia salun blindspot)")
+    p.add_argument("--classes", type=int, nargs="+", help="the classes to forget, one at a time (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of base model, judge and unlearning "
+                   "(default 0 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every config, e.g. --set device=cpu; SCOPE:KEY=VALUE in one scope: "
+                   "pretrain (base model and judge), eval (the evaluations), unlearn (the unlearning runs) or a "
+                   "method, e.g. --set unlearn:train.steps=600 --set erasediff:method.target=random_label (repeatable)")
+    p.add_argument("--output-dir", default="results/forget_each")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_forget_each)
+
     p = sub.add_parser("demo", help="offline CPU demo: pretrain on digits, unlearn digit 0 with EraseDiff, evaluate",
                        description="train a class-conditional DDPM on scikit-learn digits, a CNN classifier, unlearn digit 0 "
                        "with EraseDiff, and compare Unscrubbed vs EraseDiff on the same sampling noise. Finished stages "
@@ -385,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 def _resume_command(argv: list[str]) -> str:
     import shlex
 
-    return shlex.join(["python", "-m", "erasediff", *argv, *([] if "--resume" in argv else ["--resume"])])
+    again = "--resume" in argv or argv[:1] in (["forget-each"], ["demo"])  # these resume by running again
+    return shlex.join(["python", "-m", "erasediff", *argv, *([] if again else ["--resume"])])
 
 
 if __name__ == "__main__":
