@@ -9,7 +9,14 @@ from helpers import SMOKE, TINY
 from erasediff.cli import main
 from erasediff.config import RunConfig
 from erasediff.experiment import config_from_text
-from erasediff.forget_each import FORGOTTEN, forgotten, make_plan, render, split_overrides, summary_rows
+from erasediff.forget_each import (
+    FORGOTTEN,
+    forgotten,
+    make_plan,
+    render,
+    split_overrides,
+    summary_rows,
+)
 
 TINY_SETS = [a for item in TINY for a in ("--set", item)]
 

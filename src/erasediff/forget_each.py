@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import RunConfig, dump_config
 from .errors import ConfigError
@@ -318,8 +319,8 @@ def render(result: dict[str, Any]) -> str:
     crit = FORGOTTEN
     lines = ["### Forget each class: summary over classes and seeds (worst / median / best)", "",
              markdown_table(["model", "forgotten", *(h for _, h, *_ in COLUMNS)], summary_rows(result)), "",
-             f"forgotten: p_f ≤ {crit['p_f']}, p_f_in_dist ≤ {crit['p_f_in_dist']} and acc_remain ≥ {crit['acc_remain']} "
-             f"(cells of {len(result['classes'])} class(es) × {len(seeds)} seed(s); docs/experiments.md)."]
+             (f"forgotten: p_f ≤ {crit['p_f']}, p_f_in_dist ≤ {crit['p_f_in_dist']} and acc_remain ≥ {crit['acc_remain']} "
+              f"(cells of {len(result['classes'])} class(es) × {len(seeds)} seed(s); docs/experiments.md).")]
     for key, header, _, fmt in COLUMNS:
         table = []
         for c in result["classes"]:
