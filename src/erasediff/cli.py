@@ -227,7 +227,7 @@ def cmd_forget_each(args: argparse.Namespace) -> None:
     from .forget_each import make_plan, run_forget_each
 
     plan = make_plan(args.config_dir, args.output_dir, args.methods, args.classes, args.seeds, args.overrides, args.device)
-    run_forget_each(plan, progress=not args.no_progress)
+    run_forget_each(plan, progress=not args.no_progress, table_only=args.table_only)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -366,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "method, e.g. --set unlearn:train.steps=600 --set erasediff:method.target=random_label (repeatable)")
     p.add_argument("--output-dir", default="results/forget_each")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--table-only", action="store_true", help="run nothing: write the tables of the cells already "
+                   "evaluated (e.g. while other processes run other classes into the same --output-dir)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_forget_each)
 

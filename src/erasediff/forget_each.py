@@ -241,18 +241,20 @@ def stages(plan: Plan) -> list[Stage]:
     return out
 
 
-def run_forget_each(plan: Plan, progress: bool = True) -> dict[str, Any]:
-    """Run every missing stage of the plan (a progress bar over stages), then write the tables."""
+def run_forget_each(plan: Plan, progress: bool = True, table_only: bool = False) -> dict[str, Any]:
+    """Run every missing stage of the plan (a progress bar over stages), then write the tables.
+    table_only: run nothing, tabulate what is there (missing cells show as "–")."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     every = stages(plan)
-    todo = [s for s in every if not s.done.is_file()]
+    done = sum(s.done.is_file() for s in every)
+    todo = [] if table_only else [s for s in every if not s.done.is_file()]
     runs = len(plan.seeds) * len(plan.classes) * len(plan.methods)
     print(f"forget-each: {len(plan.seeds)} seed(s) x {len(plan.classes)} class(es) x {len(plan.methods)} method(s) = "
-          f"{runs} unlearning runs, plus {len(plan.seeds)} base model(s) and judge(s); {len(every) - len(todo)} of "
-          f"{len(every)} stages already done (on 2 CPU cores a digits run takes ~2 min with its evaluation, "
-          "docs/experiments.md)")
+          f"{runs} unlearning runs, plus {len(plan.seeds)} base model(s) and judge(s); {done} of "
+          f"{len(every)} stages already done" + (" (--table-only: running none)" if table_only else
+          " (on 2 CPU cores a digits run takes ~2 min with its evaluation, docs/experiments.md)"))
     bar = tqdm(todo, disable=not progress, unit="stage")
     for stage in bar:
         bar.set_description(stage.label)
