@@ -66,6 +66,11 @@ def test_forget_each_two_classes_smoke(tmp_path, capsys):
     assert "8 of 8 stages already done" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # --table-only tabulates what exists and runs nothing: class 5 shows as missing
+    assert _run(out, "--classes", "0", "2", "5", "--seeds", "3", "--methods", "erasediff", "--table-only") == 0
+    assert not (sd / "class5").exists()
+    assert "| 5 | – | – |" in (out / "forget_each.md").read_text()
+
 
 def test_plan_seeds_base_judge_and_unlearning_together(tmp_path):
     plan = make_plan(SMOKE, tmp_path / "fe", ["erasediff", "so"], [1, 7], [0, 5],

@@ -1,10 +1,12 @@
-"""Does unlearning forget? The shipped digits recipes on a small budget, judged as the paper judges (slow).
+"""Does unlearning forget? The shipped digits recipes on a small budget, judged as the paper judges and by the
+measure that noise cannot fool (slow).
 
-From one digits base model (the shipped pretraining config) the shipped digit-0
-recipes of EraseDiff and SO must push the judge's probability of the forgotten digit (p_f) far below the
-unscrubbed model's, while Finetune on the remaining digits alone must not; the remaining digits must stay
-recognisable. Marked `slow` (minutes
-on 2 cores): `make test-slow` and CI's second step run it.
+From one digits base model (the shipped pretraining config): the shipped EraseDiff recipe must forget digits 2
+and 3 (the digits the judge kept reading in noise with the earlier recipe, docs/experiments.md "Forget
+each digit") by both measures, p_f (the paper's) and p_f_in_dist (docs/evaluation.md); SO must forget digit
+0 by p_f; Finetune on the remaining digits alone must not forget; the remaining digits must stay
+recognisable, and the unscrubbed model's own samples must pass the in-distribution test. Marked `slow`
+(minutes on 2 cores): `make test-slow` and CI's second step run it.
 """
 
 import pytest
@@ -18,7 +20,8 @@ from erasediff.loop import train
 pytestmark = pytest.mark.slow
 DIGITS = REPO / "DDPM" / "configs" / "digits"
 BUDGET = ["device=cpu"]
-EVAL = ["evaluate.n_per_class=10", "evaluate.n_forget=40", "evaluate.metrics=[classifier]"]
+EVAL = ["evaluate.n_per_class=10", "evaluate.n_forget=40", "evaluate.metrics=[classifier, robust_forgetting]"]
+RUNS = (("erasediff", 2), ("erasediff", 3), ("so", 0), ("finetune", 0))
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +30,39 @@ def scored(tmp_path_factory):
     base = root / "base"
     train(load_config(DIGITS / "pretrain.yaml", BUDGET), base, progress=False)
     clf = root / "classifier"
-    train_eval_classifier(load_config(DIGITS / "erasediff.yaml", [*BUDGET, "classifier.epochs=10"]), clf, progress=False)
-    runs = {"unscrubbed": base}
-    for name in ("erasediff", "so", "finetune"):
-        cfg = load_config(DIGITS / f"{name}.yaml", [*BUDGET, f"model.pretrained={base}"])  # the shipped recipe
-        train(cfg, root / name, require_pretrained=True, progress=False)
-        runs[name] = root / name
-    eval_cfg = load_config(DIGITS / "erasediff.yaml", [*BUDGET, *EVAL])
-    scores = {name: evaluate(eval_cfg, str(run), classifier_dir=str(clf), progress=False)[0]
-              for name, run in runs.items()}
-    print({name: (round(m["p_f"], 3), round(m["acc_remain"], 3)) for name, m in scores.items()})
+    train_eval_classifier(load_config(DIGITS / "pretrain.yaml", [*BUDGET, "classifier.epochs=10"]), clf, progress=False)
+    scores = {}
+    for c in sorted({c for _, c in RUNS}):
+        eval_cfg = load_config(DIGITS / "pretrain.yaml", [*BUDGET, *EVAL, f"data.forget_classes=[{c}]"])
+        scores["unscrubbed", c] = evaluate(eval_cfg, str(base), classifier_dir=str(clf), progress=False)[0]
+        for name, forget in RUNS:
+            if forget != c:
+                continue
+            # the shipped recipe, with only the forgotten class changed
+            cfg = load_config(DIGITS / f"{name}.yaml", [*BUDGET, f"model.pretrained={base}", f"data.forget_classes=[{c}]"])
+            train(cfg, root / f"{name}_{c}", require_pretrained=True, progress=False)
+            scores[name, c] = evaluate(eval_cfg, str(root / f"{name}_{c}"), classifier_dir=str(clf), progress=False)[0]
+    print({k: (round(m["p_f"], 3), round(m["p_f_in_dist"], 3), round(m["acc_remain"], 3)) for k, m in scores.items()})
     return scores
 
 
-def test_erasediff_and_so_forget_and_finetune_does_not(scored):
-    base = scored["unscrubbed"]["p_f"]
-    assert base > 0.8, scored  # the base model draws the digit: there is something to forget
-    for name in ("erasediff", "so"):
-        assert scored[name]["p_f"] < base - 0.4, (name, scored)  # far below the unscrubbed model
-        assert scored[name]["acc_remain"] > 0.8, (name, scored)  # the other digits survive
-    assert scored["finetune"]["p_f"] > base - 0.2, scored  # training on D_r alone does not erase digit 0
+def test_the_unscrubbed_model_draws_each_digit_and_its_samples_pass(scored):
+    for c in (2, 3):
+        m = scored["unscrubbed", c]
+        assert m["p_f"] > 0.8, (c, m)  # there is something to forget
+        assert m["p_f_in_dist"] > 0.5, (c, m)  # real-looking samples of the class are counted
+
+
+def test_erasediff_forgets_each_digit_by_both_measures(scored):
+    for c in (2, 3):
+        base, m = scored["unscrubbed", c], scored["erasediff", c]
+        assert m["p_f"] < base["p_f"] - 0.4, (c, m)  # far below the unscrubbed model
+        assert m["p_f_in_dist"] < 0.1, (c, m)  # and not by turning the class into noise the judge still reads
+        assert m["acc_remain"] > 0.8, (c, m)  # the other digits survive
+
+
+def test_so_forgets_and_finetune_does_not(scored):
+    base = scored["unscrubbed", 0]["p_f"]
+    assert scored["so", 0]["p_f"] < base - 0.4, scored
+    assert scored["so", 0]["acc_remain"] > 0.8, scored
+    assert scored["finetune", 0]["p_f"] > base - 0.2, scored  # training on D_r alone does not erase digit 0

@@ -210,9 +210,12 @@ def stages(plan: Plan) -> list[Stage]:
     evaluation and each method's precompute + unlearn + evaluation."""
     from .classifier_training import train_eval_classifier
     from .precompute import precompute
+    from .rundir import FolderClaim
 
     def judge(seed: int, out: Path) -> None:
-        train_eval_classifier(plan.judge_config(seed), out, progress=False)
+        with FolderClaim(out, "judge folder"):  # one process trains it; classifier.json is written last
+            if not (out / "classifier.json").is_file():
+                train_eval_classifier(plan.judge_config(seed), out, progress=False)
 
     def unscrubbed(seed: int, c: int) -> None:
         sd = plan.seed_dir(seed)
@@ -352,7 +355,7 @@ def write_grid(plan: Plan, scale: int = 4) -> Path | None:
             png = plan.class_dir(seed, c) / row / "eval" / "forget_class.png"
             if png.is_file():
                 with Image.open(png) as img:  # (3, H, W) in [0, 1]
-                    panels[c, row] = torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1).float() / 255
+                    panels[c, row] = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
     if not panels:
         return None
     h, w = next(iter(panels.values())).shape[1:]
