@@ -228,7 +228,7 @@ def test_block_size_controls_inner_loop_frequency():
 def test_unconditional_backbone_runs_uniform_target_and_refuses_random_label(tmp_path):
     from erasediff.errors import ConfigError
 
-    run = build_run(tiny_config("erasediff", "model.backbone=uncond", "method.block_size=1"))
+    run = build_run(tiny_config("erasediff", "model.backbone=uncond", "method.block_size=1", "method.target=uniform"))
     assert type(run.state.model).__name__ == "UNet2DModel"
     before = params_of(run)
     logs = run.method.update(run.state, next(run.data.forget), next(run.data.remain))

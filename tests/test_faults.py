@@ -213,7 +213,7 @@ def test_skip_step_inside_erasediffs_inner_loop_restores_theta(tmp_path, monkeyp
     import erasediff.methods.erasediff as ed
     from erasediff.build import build_run
 
-    run = build_run(tiny_config("erasediff", "train.nonfinite=skip_step", "method.inner_steps=2"))
+    run = build_run(tiny_config("erasediff", "train.nonfinite=skip_step", "method.inner_steps=2", "method.target=uniform"))
     before = [p.detach().clone() for p in run.state.params]
     real = ed.uniform_target_loss
     monkeypatch.setattr(ed, "uniform_target_loss", lambda *a, **k: real(*a, **k) * float("nan"))
