@@ -185,7 +185,7 @@ def test_demo_smoke_and_reuse(tmp_path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     for model in ("unscrubbed", "erasediff"):
-        assert {"p_f", "entropy_f", "acc_remain", "fd_remain"} <= set(metrics[model])
+        assert {"p_f", "p_f_in_dist", "fd_f", "entropy_f", "acc_remain", "fd_remain"} <= set(metrics[model])
     assert (out / "grid.png").is_file()
     assert "| Unscrubbed |" in r.stdout and "| EraseDiff |" in r.stdout
     r2 = cli("demo", "--config-dir", str(SMOKE), "--output-dir", str(out), "--no-progress")
