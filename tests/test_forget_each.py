@@ -1,4 +1,4 @@
-"""`forget-each` (docs/experiments.md "Forget each class"): every class forgotten on its own from one base per
+"""`forget-each` (docs/experiments.md "Forget each digit"): every class forgotten on its own from one base per
 seed, the class x method table, reuse of finished stages, and its checks of bad input."""
 
 import json

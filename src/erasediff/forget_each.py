@@ -1,5 +1,5 @@
 """`forget-each`: unlearn every class on its own from the same base model, for several seeds and methods,
-and tabulate class × method (docs/experiments.md "Forget each class").
+and tabulate class × method (docs/experiments.md "Forget each digit").
 
 A forgetting result on one class can be a property of that class (a digit whose samples the judge keeps
 reading as the class however noisy they get), so this command runs one config on every class. For each
@@ -42,7 +42,7 @@ DEFAULT_METHODS = ("erasediff", "so", "finetune", "selective_amnesia", "salun", 
 NOT_METHODS = {"base", "pretrain", "retrain"}
 #: the evaluation groups every cell needs (docs/evaluation.md)
 EVAL_METRICS = ("classifier", "robust_forgetting")
-#: when a (class, seed) counts as forgotten (docs/experiments.md "Forget each class"): the judge's
+#: when a (class, seed) counts as forgotten (docs/experiments.md "Forget each digit"): the judge's
 #: probability of the class and the share of in-distribution images of it are both low, and the other
 #: classes are still generated
 FORGOTTEN = {"p_f": 0.10, "p_f_in_dist": 0.05, "acc_remain": 0.90}
