@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "and a judge, then for every class each method unlearning that class alone from that base, every "
                        "model evaluated on the same noise (p_f, p_f_in_dist, fd_f, acc_remain, fd_remain). Writes "
                        "OUTPUT/forget_each.md, .json and .png; finished stages are reused and interrupted ones resumed "
-                       "when the same command runs again (docs/experiments.md \"Forget each class\").")
+                       "when the same command runs again (docs/experiments.md \"Forget each digit\").")
     p.add_argument("--config-dir", default=str(_default_demo_configs()),
                    help="folder with pretrain.yaml and one YAML per method (default DDPM/configs/digits)")
     p.add_argument("--methods", nargs="+", help="method configs of the folder by file stem (default: erasediff so "
