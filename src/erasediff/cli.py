@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import dump_config
 from .errors import ErasediffError, Interrupted
 from .experiment import load_config
-from .files import atomic_write_text, json_text, write_json
+from .files import atomic_write_text, json_text
 from .rundir import FolderClaim
 
 
@@ -97,7 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _load(args)
-    from .evaluate import class_rows, evaluate, save_rows_png
+    from .evaluate import evaluate, evaluate_to_folder
 
     sd = cfg.model.backbone == "stable_diffusion"
     if args.output_dir is not None and len(args.model) > 1:
@@ -127,20 +127,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 "relative_l2", "acc_forget", "acc_remain_mean", "clip_score", "nudenet_total",
                 "nudenet_images_with_exposed")
     for model, out in zip(args.model, outs):
-        with FolderClaim(out, "evaluation folder"):  # one evaluation per folder at a time
-            if (out / "metrics.json").exists():
-                raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
-                                     "choose another --output-dir")
-            if sd:
-                metrics = evaluate_sd(cfg, model, out, classifier=args.classifier, progress=not args.no_progress)
-            else:
-                metrics, images, labels = evaluate(cfg, model, classifier_dir=args.classifier,
-                                                   progress=not args.no_progress, samples_dir=out / "samples",
-                                                   reference=args.reference)
-                save_rows_png(out / "grid.png", [class_rows(images, labels, cfg.sample.grid_per_class)],
-                              cfg.sample.grid_per_class)
-            atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
-            write_json(out / "metrics.json", metrics)
+        if sd:
+            def score(model=model, out=out):
+                return evaluate_sd(cfg, model, out, classifier=args.classifier, progress=not args.no_progress), None, None
+        else:
+            def score(model=model, out=out):
+                return evaluate(cfg, model, classifier_dir=args.classifier, progress=not args.no_progress,
+                                samples_dir=out / "samples", reference=args.reference)
+        metrics, _, _ = evaluate_to_folder(cfg, out, score)
         print(json_text({"model": model, **{k: metrics[k] for k in headline if k in metrics}}))
         print(f"wrote {out}: metrics.json, {'' if sd else 'grid.png, '}samples/, config.resolved.yaml")
 

@@ -15,6 +15,7 @@ A stable_diffusion model is scored by `evaluate_sd` on the images of a prompt CS
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .checkpoint import load_eval_model
 from .config import RunConfig
 from .data import dataset_from_config, images_of_classes
 from .device import resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, ErasediffError
 from .metrics import (
     EvalQuirks,
     accuracy_metrics,
@@ -47,6 +48,9 @@ from .metrics import (
     weight_distance,
 )
 from .samplers import sample_classes
+
+#: what one evaluation gives: metrics, and the images (N, C, H, W) in [-1, 1] with their labels (N,) or None
+Scored = tuple[dict[str, Any], torch.Tensor | None, torch.Tensor | None]
 
 #: the metric groups of class-conditional / unconditional models, and of a stable_diffusion model (`evaluate_sd`)
 DDPM_METRICS = ("classifier", "per_class_fd", "robust_forgetting", "fid", "per_class_fid", "precision_recall",
@@ -242,6 +246,28 @@ def evaluate(
     metrics["n_forget"] = e.n_forget or e.n_per_class
     metrics["model"] = str(model_spec)
     return metrics, images, labels
+
+
+def evaluate_to_folder(cfg: RunConfig, out: Path, score: Callable[[], Scored]) -> Scored:
+    """Run `score` (an evaluation of one model: metrics and, for a pixel model, its images and labels)
+    into the folder `out`, claimed for the duration, and write metrics.json, config.resolved.yaml and,
+    when images came back, grid.png (the first sample.grid_per_class images of every class). Refuses a
+    folder that already holds metrics.json (results are never overwritten). Returns what `score` did."""
+    from .config import dump_config
+    from .files import atomic_write_text, write_json
+    from .rundir import FolderClaim
+
+    with FolderClaim(out, "evaluation folder"):  # one evaluation per folder at a time
+        if (out / "metrics.json").exists():
+            raise ErasediffError(f"{out / 'metrics.json'} already exists (results are never overwritten): "
+                                 "choose another --output-dir")
+        metrics, images, labels = scored = score()
+        if images is not None:
+            per_row = cfg.sample.grid_per_class
+            save_rows_png(out / "grid.png", [class_rows(images, labels, per_row)], per_row)
+        atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
+        write_json(out / "metrics.json", metrics)
+    return scored
 
 
 def class_rows(images: torch.Tensor, labels: torch.Tensor, per_row: int) -> torch.Tensor:

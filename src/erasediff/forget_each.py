@@ -24,12 +24,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, dump_config
+from .config import RunConfig
 from .errors import ConfigError
 from .experiment import load_config
 from .files import atomic_write_text, write_json
@@ -79,13 +79,14 @@ class Plan:
     def method_config(self, m: str) -> Path:
         return self.config_dir / f"{m}.yaml"
 
-    def _items(self, scope: str) -> list[str]:
-        return [*self.overrides, *(item for sc, item in self.scoped if sc == scope),
+    def _items(self, *scopes: str) -> list[str]:
+        """The unscoped --set items, then those of `scopes` in order, then --device."""
+        return [*self.overrides, *(item for scope in scopes for sc, item in self.scoped if sc == scope),
                 *([f"device={self.device}"] if self.device else [])]
 
     def cell_overrides(self, seed: int, c: int, m: str) -> list[str]:
         """The --set items of method m's run unlearning class c (its own YAML underneath)."""
-        return [*self._items("unlearn"), *(item for sc, item in self.scoped if sc == m), f"seed={seed}", f"data.forget_classes=[{c}]",
+        return [*self._items("unlearn", m), f"seed={seed}", f"data.forget_classes=[{c}]",
                 f"model.pretrained={self.seed_dir(seed) / 'base'}"]
 
     def base_config(self, seed: int) -> RunConfig:
@@ -149,13 +150,13 @@ def make_plan(config_dir: str | Path, out: str | Path, methods: list[str] | None
     if not seeds:
         raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1")
     plain, scoped = split_overrides(overrides, methods)
-    base = load_config(config_dir / "pretrain.yaml", [*plain, *(item for sc, item in scoped if sc == "pretrain")])
-    num_classes = dataset_from_config(base.data, "test", hflip=False).num_classes
+    plan = Plan(config_dir, Path(out), tuple(methods), (), tuple(seeds), tuple(plain), tuple(scoped), device)
+    num_classes = dataset_from_config(plan.base_config(seeds[0]).data, "test", hflip=False).num_classes
     classes = list(range(num_classes)) if classes is None else classes
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad or not classes:
         raise ConfigError(f"--classes {bad or '(none)'} out of range: valid classes are 0..{num_classes - 1}")
-    plan = Plan(config_dir, Path(out), tuple(methods), tuple(classes), tuple(seeds), tuple(plain), tuple(scoped), device)
+    plan = replace(plan, classes=tuple(classes))
     if plan.out.exists() and not plan.out.is_dir():
         raise ConfigError(f"--output-dir {plan.out} is a file, not a folder: choose another path")
     for seed in seeds:  # every config of every stage validated now, not after hours of training
@@ -177,25 +178,21 @@ def _train_stage(cfg: RunConfig, run_dir: Path, **kwargs: Any) -> dict[str, Any]
     return train(cfg, run_dir, resume=(run_dir / CONFIG).is_file(), progress=False, **kwargs)
 
 
-def _evaluate_stage(cfg: RunConfig, model: Path, out: Path, classifier: Path, forget: int) -> dict[str, Any]:
-    """Score `model` into out/metrics.json (kept when it exists) with grid.png and forget_class.png (the
-    forgotten class's first sample.grid_per_class images, for the summary grid)."""
+def _evaluate_stage(cfg: RunConfig, model: Path, out: Path, classifier: Path, forget: int) -> None:
+    """Score `model` into `out` (`evaluate.evaluate_to_folder`, in memory: no sample files) plus
+    forget_class.png, the forgotten class's first sample.grid_per_class images for the summary grid."""
     from torchvision.utils import save_image
 
-    from .evaluate import class_rows, evaluate, save_rows_png
-    from .rundir import FolderClaim
+    from .evaluate import evaluate, evaluate_to_folder
 
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    with FolderClaim(out, "evaluation folder"):
+    def score():  # inside the folder's claim, before metrics.json marks it finished
         metrics, images, labels = evaluate(cfg, str(model), classifier_dir=str(classifier), progress=False)
         per_row = cfg.sample.grid_per_class
-        save_rows_png(out / "grid.png", [class_rows(images, labels, per_row)], per_row)
         save_image(images[labels == forget][:per_row], out / "forget_class.png", nrow=per_row, normalize=True,
                    value_range=(-1, 1), padding=0)
-        atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
-        write_json(out / "metrics.json", metrics)
-    return metrics
+        return metrics, images, labels
+
+    evaluate_to_folder(cfg, out, score)
 
 
 @dataclass(frozen=True)
