@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
-# the slow scientific checks (minutes): does each method actually forget on digits?
+# the slow checks (minutes): does each method actually forget on digits? do two processes train as one?
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 

@@ -112,7 +112,7 @@ def test_ewc_is_zero_at_theta_star_and_positive_after_a_step(files, tmp_path):
     run = sa_run(files, tmp_path, "train.lr=1e-2")
     m, s = run.method, run.state
     assert m.ewc_penalty(s).item() == 0.0
-    logs = m.update(s, None, None)
+    logs = m.update(s, None, next(run.data.remain))  # the replayed D_r is the loop's remain stream
     assert logs["ewc"] == 0.0 and logs["loss_f"] > 0 and logs["loss_r"] > 0
     assert m.ewc_penalty(s).item() > 0
 
@@ -129,14 +129,16 @@ def test_surrogate_images_are_uniform_on_minus_one_one(files, tmp_path):
 
 def test_generative_replay_draws_only_remaining_classes(files, tmp_path):
     run = sa_run(files, tmp_path, "data.forget_classes=[0, 3]")
-    assert run.data.remain is None and run.data.forget is None  # no real D_r / D_f needed
-    labels = run.method.replay._tensors[1]
+    assert run.data.forget is None  # no real D_f needed; D_r is replayed: the loop's remain stream
+    replay = run.data.remain
+    labels = replay._tensors[1]
     assert sorted(set(labels.tolist())) == [1, 2, 4, 5, 6, 7, 8, 9] and len(labels) == 8 * 2
-    images = run.method.replay._tensors[0]
+    images = replay._tensors[0]
     assert images.min() >= -1 and images.max() <= 1
-    assert set(next(run.method.replay)[1].tolist()) <= {1, 2, 4, 5, 6, 7, 8, 9}
+    assert set(next(replay)[1].tolist()) <= {1, 2, 4, 5, 6, 7, 8, 9}
     real = sa_run(files, tmp_path, "method.replay=real")
-    assert real.method.replay is None and real.data.remain is not None
+    assert real.data.remain is not None and real.data.remain._tensors is not replay._tensors
+    assert len(real.data.remain.indices) > len(labels)  # the real D_r
 
 
 # -------------------------------------------------------------------------------------------- SalUn

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import dump_config
+from .distributed import is_main_process
 from .errors import ErasediffError, Interrupted
 from .experiment import load_config
 from .files import atomic_write_text, json_text
@@ -57,13 +58,15 @@ def cmd_train(args: argparse.Namespace, unlearn: bool) -> None:
     run_dir = Path(args.output_dir) if args.output_dir is not None else cfg.run_dir()
     summary = train(cfg, run_dir, resume=args.resume, require_pretrained=unlearn, training_only=not unlearn,
                     progress=not args.no_progress)
+    if not is_main_process():  # under a launcher the main process reports
+        return
     print(json_text({k: summary[k] for k in ("method", "steps", "wall_time_s", "sec_per_step", "final_logs")}))
     if summary.get("already_complete"):
         print(f"{run_dir} is already complete ({summary['steps']} steps): nothing to do (raise train.steps to "
               "continue it)")
         return
     print(f"wrote {run_dir}: config.resolved.yaml, log.jsonl, metrics.json, model/, "
-          f"{'model_ema/, ' if summary['ema_model_dir'] else ''}checkpoints/, samples/, COMPLETE")
+          f"{'model_ema/, ' if summary['ema_model_dir'] else ''}checkpoints/, samples/, losses.png, COMPLETE")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -157,6 +160,8 @@ def cmd_precompute(args: argparse.Namespace) -> None:
     from .precompute import precompute
 
     cfg, results = precompute(args.config, _overrides(args), args.artifacts_dir, progress=not args.no_progress)
+    if not is_main_process():  # under a launcher the main process reports
+        return
     if not results:
         print(f"method '{cfg.method.name}' reads no precomputed files: nothing to do")
     for r in results:
@@ -395,10 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Interrupted as exc:
-        print(f"interrupted: {exc}; resume with: {_resume_command(argv)}", file=sys.stderr)
+        if is_main_process():  # one message, not one per process under a launcher
+            print(f"interrupted: {exc}; resume with: {_resume_command(argv)}", file=sys.stderr)
         return exc.exit_code
     except ErasediffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main_process():
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: stopped at once; a run continues from its last checkpoint with --resume, a sample "

@@ -218,7 +218,6 @@ class StableDiffusionConfig(Section):
     null_prompt: the unconditional prompt of classifier-free guidance ("" as diffusers).
     latent: how an image becomes z0: `sample` draws from the VAE posterior (the official code), `mean`
     takes its mean.
-    mixed_precision: `bf16` runs UNet forwards under bf16 autocast (weights and optimiser stay fp32).
     gradient_checkpointing: recompute UNet activations in backward (less memory, ~30% slower).
     vae_dtype: dtype of the frozen VAE (encode / decode only).
     """
@@ -227,7 +226,6 @@ class StableDiffusionConfig(Section):
     surrogate_prompt: Optional[str] = None
     null_prompt: str = ""
     latent: Literal["sample", "mean"] = "sample"
-    mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
     vae_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
@@ -383,6 +381,13 @@ class TrainConfig(Section):
     last one, so a killed run loses at most that much work; 0 = off (checkpoint_every alone).
     keep_checkpoints: how many of the newest checkpoints are kept (>= 1); keep 2 or more so the
     previous one is the fallback when the newest is corrupt.
+    mixed_precision: `no` (float32), `bf16` or `fp16` autocast of the training forwards (weights,
+    optimiser, EMA and losses stay float32; fp16 with dynamic loss scaling, torch.amp.GradScaler as
+    accelerate uses it); the one setting for every backbone (docs/distributed.md "Mixed precision").
+    grad_accum_steps: split each step's batch into this many micro-batches (>= 1) whose gradients add
+    up to the batch's; data.batch_size stays the global batch of one optimiser step.
+    log_with: experiment trackers that receive the scalars of log.jsonl: [] or any of tensorboard,
+    wandb (optional extras: pip install 'erasediff[tracking]').
     """
 
     steps: Annotated[int, Ge(1)] = 1000
@@ -401,6 +406,9 @@ class TrainConfig(Section):
     nonfinite: Literal["stop", "skip_step"] = "stop"
     checkpoint_minutes: Annotated[float, Ge(0)] = 10.0
     keep_checkpoints: Annotated[int, Ge(1)] = 2
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_accum_steps: Annotated[int, Ge(1)] = 1
+    log_with: tuple[Literal["tensorboard", "wandb"], ...] = ()
 
 
 class SampleConfig(Section):
@@ -421,6 +429,8 @@ class SampleConfig(Section):
     prediction alone in the "sa" convention, the unconditional one in "diffusers"; negative scales
     push towards the null condition and are refused); batch_size, grid_per_class >= 1; seed in
     [0, 2**32).
+    mixed_precision: autocast of the sampler's forwards (grids, evaluation, generated D_r, SA's replay):
+    no (float32), bf16 or fp16 (docs/distributed.md "Mixed precision").
     """
 
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -431,6 +441,7 @@ class SampleConfig(Section):
     ddpm_variance: Literal["fixed_large", "fixed_small"] = "fixed_large"
     clip_denoised: bool = False
     use_ema: bool = True
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: Seed = 1234
     batch_size: Annotated[int, Ge(1)] = 250
     grid_per_class: Annotated[int, Ge(1)] = 8
@@ -677,6 +688,13 @@ def _describe_bounds(metadata: list) -> str:
     return " and ".join(f"{op} {b}" for op, b in pairs)
 
 
+#: keys of earlier versions -> where their setting lives now
+MOVED_KEYS = {
+    "model.sd.mixed_precision": "set train.mixed_precision (training) and sample.mixed_precision (sampling), "
+                                "one setting for every backbone; valid: no, bf16, fp16",
+}
+
+
 def _type_name(tp: Any) -> str:
     if _is_section(tp):
         return "a mapping"
@@ -722,6 +740,8 @@ def _message(errors: list[dict], root: type[Section], prefix: str) -> str:
         return f"config key '{tag_key}' is required: a {key.path} name{shown}; valid {key.path}s: {', '.join(tags)}"
     if kind in ("extra_forbidden", "invalid_key"):  # a key the section (parent.tp) does not have
         valid = list(_unwrap(parent.tp)[0].model_fields)
+        if kind == "extra_forbidden" and key.path in MOVED_KEYS:
+            return f"config key '{key.path}' has moved: {MOVED_KEYS[key.path]}"
         if kind == "extra_forbidden":
             return f"unknown config key '{key.path}'{_hint(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
         return (f"config key {value!r} in '{parent.path or '<root>'}' is not a name ({type(value).__name__}); "

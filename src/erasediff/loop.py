@@ -8,6 +8,8 @@ optimiser + warm-up schedule, EMA, periodic sample grids, logs, checkpoints and 
 new / resume / refuse decided once), checks a resume against the saved config, builds the run
 (`build.build_run`: model, data, optimiser, method, writing nothing) and executes it
 (`run.Run.execute`). A failure before the first step leaves nothing behind (docs/reliability.md).
+Under `accelerate launch` / `torchrun` the main process claims and decides; the others follow its
+decision (or fail with its error) and never write (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 from .build import build_run
 from .checkpoint import CorruptCheckpoint, checkpoint_meta
 from .config import RunConfig
-from .errors import ConfigError
+from .distributed import Processes, processes
+from .errors import ConfigError, ErasediffError
 from .experiment import config_from_text
 from .methods import get_method
-from .rundir import CONFIG, RunDirClaim, claim_run_dir
+from .rundir import CONFIG, RunDirClaim, RunDirView, claim_run_dir
+from .tracking import check_trackers
 
 
 def check_command(cfg: RunConfig, *, require_pretrained: bool = False, training_only: bool = False) -> None:
@@ -35,12 +39,13 @@ def check_command(cfg: RunConfig, *, require_pretrained: bool = False, training_
         )
     if require_pretrained and cfg.model.pretrained is None:
         raise ConfigError("'unlearn' needs a model to unlearn from: set model.pretrained (a run dir, model dir or Hub id)")
+    check_trackers(cfg.train.log_with)
 
 
 _RESUMABLE = ("steps", "nonfinite", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 
-def check_resume(cfg: RunConfig, claim: RunDirClaim) -> dict[str, Any] | None:
+def check_resume(cfg: RunConfig, claim: RunDirClaim | RunDirView) -> dict[str, Any] | None:
     """Before a resumed run is built: the config must be the saved one (only train.steps, the checkpoint
     policy and device may change) and train.steps may not be below the steps already done. Returns the
     finished run's metrics when there is nothing left to do."""
@@ -76,9 +81,50 @@ def train(
     its summary with `already_complete: True` and writes nothing.
     """
     check_command(cfg, require_pretrained=require_pretrained, training_only=training_only)
-    with claim_run_dir(run_dir if run_dir is not None else cfg.run_dir(), resume) as claim:
-        finished = check_resume(cfg, claim) if claim.resume else None
+    procs = processes(cfg.device)
+    path = Path(run_dir if run_dir is not None else cfg.run_dir())
+    if procs.world == 1:
+        with claim_run_dir(path, resume) as claim:
+            finished = check_resume(cfg, claim) if claim.resume else None
+            if finished is not None:
+                return {**finished, "already_complete": True}
+            run = build_run(cfg, progress=progress, procs=procs)
+            return {**run.execute(claim.view(), progress=progress), "run_dir": str(claim.path)}
+    return _train_processes(cfg, path, resume, progress, procs)
+
+
+def _train_processes(cfg: RunConfig, path: Path, resume: bool, progress: bool, procs: Processes) -> dict[str, Any]:
+    """`train` under a launcher: the main process claims the folder and decides; every process builds
+    and trains its share; only the main one writes. An error of the main process's claim is raised on
+    every process (the CLI prints it once, on the main one)."""
+    claim, outcome = None, None
+    if procs.is_main:
+        try:
+            claim = claim_run_dir(path, resume)
+            finished = check_resume(cfg, claim) if claim.resume else None
+            outcome = ("ok", claim.view(), finished)
+        except ErasediffError as exc:
+            if claim is not None:
+                claim.__exit__(type(exc), exc, None)
+            outcome = ("error", str(exc), exc.exit_code)
+            procs.broadcast_object(outcome)
+            raise
+    outcome = procs.broadcast_object(outcome)
+    if outcome[0] == "error":
+        err = ErasediffError(outcome[1])
+        err.exit_code = outcome[2]
+        raise err
+    _, view, finished = outcome
+    try:
         if finished is not None:
             return {**finished, "already_complete": True}
-        run = build_run(cfg, progress=progress)
-        return {**run.execute(claim, progress=progress), "run_dir": str(claim.path)}
+        run = build_run(cfg, progress=progress, procs=procs)
+        return {**run.execute(view, progress=progress), "run_dir": str(view.path)}
+    except BaseException as exc:
+        if claim is not None:
+            claim.__exit__(type(exc), exc, None)
+            claim = None
+        raise
+    finally:
+        if claim is not None:
+            claim.__exit__(None, None, None)

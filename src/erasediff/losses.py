@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import shard
+
 if TYPE_CHECKING:  # keep config validation free of the diffusers import (seconds)
     from .backbones.base import Backbone
 
@@ -39,7 +41,7 @@ def denoising_loss(
     """
     if t is None:
         t = backbone.sample_timesteps(x0.shape[0], generator)
-    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    eps = shard.randn(x0.shape, generator).to(x0.device)
     cond = backbone.drop_condition(cond, cond_drop, generator)
     pred = backbone.predict(model, backbone.add_noise(x0, eps, t), t, cond)
     return eps_mse(pred, eps), t
@@ -53,7 +55,7 @@ def uniform_target_loss(
     The same ε_f noises the input, x̃_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε_f, and is the regression target:
     L_f = ‖ε_f − ε_θ(x̃_t, t, c_f)‖². True label, no label dropout, no stop-gradient (the target is data).
     """
-    eps_f = torch.rand(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    eps_f = shard.rand(x0.shape, generator).to(x0.device)
     pred = backbone.predict(model, backbone.add_noise(x0, eps_f, t), t, cond)
     return eps_mse(pred, eps_f)
 
@@ -74,7 +76,7 @@ def random_label_target_loss(
     detached: L_f = ‖sg[ε_θ(x_t, t, c')] − ε_θ(x_t, t, c_f)‖². Only the c_f branch gets gradients.
     cond_drop applies to the c_f branch (the official code leaves its config value 0.1 active).
     """
-    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    eps = shard.randn(x0.shape, generator).to(x0.device)
     xt = backbone.add_noise(x0, eps, t)
     other = backbone.other_condition(cond, generator)
     with torch.no_grad():

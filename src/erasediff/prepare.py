@@ -89,13 +89,14 @@ def prepare_model(cfg: RunConfig, device: torch.device) -> ModelParts:
 
 
 def prepare_data(
-    cfg: RunConfig, device: torch.device, *, forget: bool, remain: bool
+    cfg: RunConfig, device: torch.device, *, forget: bool, remain: bool, part: tuple[int, int] = (0, 1)
 ) -> tuple[LabeledImages, InfiniteBatches | None, InfiniteBatches | None]:
     """(dataset, D_f batches, D_r batches) of `cfg`: the endless iterators of the loop, None where not asked for
     (`remain` gives real D_r batches only under data.remain_source real; generated D_r is `build`'s).
 
     Checks the dataset against the model (class count, image size) and that a forget set exists when
-    `forget` batches are asked for. D_f is drawn with seed 2·seed + 1, D_r with 2·seed (one stream each).
+    `forget` batches are asked for. D_f is drawn with seed 2·seed + 1, D_r with 2·seed (one stream each);
+    `part` = (r, N): process r of N data-parallel processes gets its share of every batch.
     """
     d = cfg.data
     data = dataset_from_config(d, "train")
@@ -118,11 +119,12 @@ def prepare_data(
     if forget:
         forget_batches = InfiniteBatches(
             data.dataset, forget_idx, d.forget_batch_size or d.batch_size,
-            seed=cfg.seed * 2 + 1, num_workers=d.num_workers, device=device,
+            seed=cfg.seed * 2 + 1, num_workers=d.num_workers, device=device, part=part,
         )
     if remain and d.remain_source == "real":
         remain_batches = InfiniteBatches(
-            data.dataset, remain_idx, d.batch_size, seed=cfg.seed * 2, num_workers=d.num_workers, device=device
+            data.dataset, remain_idx, d.batch_size, seed=cfg.seed * 2, num_workers=d.num_workers, device=device,
+            part=part,
         )
     return data, forget_batches, remain_batches
 

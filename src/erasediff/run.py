@@ -4,6 +4,8 @@
 promises of a run: a non-finite loss or gradient stops the run or skips the update (train.nonfinite)
 and is never saved; SIGINT / SIGTERM save a checkpoint at the next step boundary; checkpoints are
 verified and the previous ones kept; timing accumulates over resumed parts; COMPLETE is written last.
+Under a launcher every process runs `execute` (the same steps on its share of each batch) and only the
+main one writes; the decisions that end or checkpoint a run are taken jointly (docs/distributed.md).
 
 Why one file over 300 lines: the run's state, its checkpoint round trip and the loop that uses them
 are one unit; split, each half would reach into the other's fields.
@@ -40,8 +42,9 @@ from .data import LabeledImages
 from .errors import ErasediffError, Interrupted, NonFiniteStep, RunStopped
 from .files import atomic_write_text, fix_modes, json_text, write_json
 from .methods import Method, MethodData, TrainState
-from .rundir import COMPLETE, CONFIG, RunDirClaim, checkpoints_newest_first
+from .rundir import COMPLETE, CONFIG, RunDirView, checkpoints_newest_first
 from .samplers import sample_classes
+from .tracking import Trackers, plot_losses
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, Any]:
@@ -71,6 +74,8 @@ class Run:
     def _states(self) -> dict[str, Any]:
         s = self.state
         rng = {"torch": torch.get_rng_state(), "generator": s.generator.get_state()}
+        if s.procs.world > 1:  # each process's global RNG (dropout, augmentation), one row per process
+            rng["torch_processes"] = torch.stack(s.procs.gather_object(torch.get_rng_state()))
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         states = {
@@ -84,6 +89,8 @@ class Run:
         if s.ema is not None:
             states["ema"] = dict(zip(s.param_names, s.ema.shadow))
             states["ema_updates"] = s.ema.num_updates
+        if s.scaler is not None:
+            states["grad_scaler"] = s.scaler.state_dict()
         return states
 
     def _check_finite(self) -> None:
@@ -95,13 +102,15 @@ class Run:
                              "(the last good checkpoint stays): lower train.lr or set train.nonfinite: skip_step")
 
     def save(self, run_dir: Path, session: dict[str, Any]) -> Path:
-        """Checkpoint the step just finished; `session`: this process's part of the run so far."""
+        """Checkpoint the step just finished; `session`: this process's part of the run so far. Called by
+        every process (they hand their RNG states to the main one, which writes)."""
         self._check_finite()
         path = checkpoint_path(run_dir, self.state.step)
-        extra = {"loop": json.dumps({"skipped_steps": self.skipped_steps, "sessions": [*self.sessions, session]})}
-        save_checkpoint(path, step=self.state.step, config_yaml=dump_config(self.cfg), states=self._states(),
-                        extra=extra)
-        prune_checkpoints(run_dir, keep=self.cfg.train.keep_checkpoints)
+        states = self._states()
+        if self.state.procs.is_main:
+            extra = {"loop": json.dumps({"skipped_steps": self.skipped_steps, "sessions": [*self.sessions, session]})}
+            save_checkpoint(path, step=self.state.step, config_yaml=dump_config(self.cfg), states=states, extra=extra)
+            prune_checkpoints(run_dir, keep=self.cfg.train.keep_checkpoints)
         return path
 
     def restore(self, checkpoints: list[Path]) -> Path:
@@ -130,6 +139,9 @@ class Run:
             s.ema.load_shadow([states["ema"][n] for n in s.param_names])
             s.ema.num_updates = int(states["ema_updates"])
         torch.set_rng_state(states["rng"]["torch"])
+        per_process = states["rng"].get("torch_processes")
+        if per_process is not None and per_process.shape[0] == s.procs.world:
+            torch.set_rng_state(per_process[s.procs.rank].clone())
         s.generator.set_state(states["rng"]["generator"])
         if "cuda" in states["rng"]:
             torch.cuda.set_rng_state_all(states["rng"]["cuda"])
@@ -137,6 +149,9 @@ class Run:
             if it is not None:
                 it.load_state_dict(states["data"][key])
         self.method.load_state_dict(states["method"])
+        if s.scaler is not None and "grad_scaler" in states:
+            s.scaler.load_state_dict({k: v.item() if isinstance(v, torch.Tensor) else v
+                                      for k, v in states["grad_scaler"].items()})
         s.step = step
 
     def sample_grid(self, path: Path) -> Path:
@@ -170,7 +185,8 @@ class Run:
 
     # -------------------------------------------------------------------------------- the loop
     def step(self) -> dict[str, float]:
-        """One outer step: draw the D_f / D_r batches the method uses, update, EMA; returns its logs.
+        """One outer step: draw the D_f / D_r batches the method uses, update (under train.mixed_precision
+        autocast), EMA; returns its logs.
 
         A non-finite loss or gradient norm (detected before the optimiser step, `NonFiniteStep`) stops
         the run (RunStopped) or, under train.nonfinite: skip_step, drops this update (no optimiser, LR or
@@ -180,7 +196,8 @@ class Run:
         forget = next(self.data.forget) if self.data.forget is not None else None
         remain = next(self.data.remain) if self.data.remain is not None else None
         try:
-            logs = self.method.update(s, forget, remain)
+            with s.autocast():  # train.mixed_precision (the backward passes leave it: TrainState.backward)
+                logs = self.method.update(s, forget, remain)
         except NonFiniteStep as exc:
             s.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.nonfinite == "stop":
@@ -195,20 +212,23 @@ class Run:
         s.step += 1
         return logs
 
-    def execute(self, claim: RunDirClaim, progress: bool = True) -> dict[str, Any]:
-        """Train in the claimed run directory (resuming what it holds) and write the run's files.
+    def execute(self, where: RunDirView, progress: bool = True) -> dict[str, Any]:
+        """Train in the claimed run directory `where` (resuming what it holds) and write the run's files.
 
         SIGINT / SIGTERM end the run at the next step boundary with a checkpoint (Interrupted); a
         checkpoint is also written every train.checkpoint_every steps and every train.checkpoint_minutes.
+        Every process calls this; the main one writes (and alone shows the progress bar).
         """
         cfg, s, t = self.cfg, self.state, self.cfg.train
-        run_dir = claim.path
-        if claim.resume and claim.checkpoints:
-            self.restore(claim.checkpoints)
-        if claim.complete is not None:  # extending a finished run: it is no model until it finishes again
-            (run_dir / COMPLETE).unlink()
-        atomic_write_text(run_dir / CONFIG, dump_config(cfg))
-        _cut_log(run_dir / "log.jsonl", s.step)
+        main = s.procs.is_main
+        run_dir = where.path
+        if where.resume and where.checkpoints:
+            self.restore(where.checkpoints)
+        if main:
+            if where.complete is not None:  # extending a finished run: it is no model until it finishes again
+                (run_dir / COMPLETE).unlink()
+            atomic_write_text(run_dir / CONFIG, dump_config(cfg))
+            _cut_log(run_dir / "log.jsonl", s.step)
         device = s.backbone.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -219,39 +239,54 @@ class Run:
             return {"from_step": start, "to_step": s.step, "wall_time_s": round(time.perf_counter() - t0, 2)}
 
         last: dict[str, float] = {}
-        bar = tqdm(total=t.steps, initial=start, desc=f"{cfg.method.name}", unit="step", disable=not progress)
+        bar = tqdm(total=t.steps, initial=start, desc=f"{cfg.method.name}", unit="step", disable=not (progress and main))
         s.model.train()
-        with _StopSignals() as stop, (run_dir / "log.jsonl").open("a") as log_file:
-            while s.step < t.steps:
-                try:
-                    last = self.step()
-                except RunStopped as exc:
-                    bar.close()
-                    found = checkpoints_newest_first(run_dir)
-                    where = (f"the last good checkpoint {found[0]} stays" if found else
-                             "no checkpoint was written yet: --resume starts it again from step 0")
-                    raise RunStopped(f"{exc}; {where}") from None
-                bar.update(1)
-                if s.step % t.log_every == 0 or s.step == t.steps or "skipped" in last:
-                    log_file.write(json_text({"step": s.step, "lr": s.lr_scheduler.get_last_lr()[0], **last}) + "\n")
-                    log_file.flush()
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss_r", "loss_f", "loss", "lambda")})
-                if t.sample_every and s.step % t.sample_every == 0 and s.step < t.steps:
-                    self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png")
-                due = (t.checkpoint_every and s.step % t.checkpoint_every == 0) or (
-                    t.checkpoint_minutes and time.perf_counter() - last_save >= 60 * t.checkpoint_minutes)
-                if stop.signum is not None or (due and s.step < t.steps):
-                    path = self.save(run_dir, session())
-                    last_save = time.perf_counter()
-                    if stop.signum is not None:
+        trackers = Trackers(t.log_with, run_dir, f"{cfg.experiment}/{cfg.method.name}/seed{cfg.seed}",
+                            cfg.model_dump(mode="json"), resume_step=s.step) if main and t.log_with else None
+        log_file = (run_dir / "log.jsonl").open("a") if main else None
+        try:
+            with _StopSignals() as stop:
+                while s.step < t.steps:
+                    try:
+                        last = self.step()
+                    except RunStopped as exc:
                         bar.close()
-                        raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} at step {s.step} of {t.steps}: "
-                                          f"checkpoint {path}", stop.signum)
+                        found = checkpoints_newest_first(run_dir)
+                        where_ = (f"the last good checkpoint {found[0]} stays" if found else
+                                  "no checkpoint was written yet: --resume starts it again from step 0")
+                        raise RunStopped(f"{exc}; {where_}") from None
+                    bar.update(1)
+                    if s.step % t.log_every == 0 or s.step == t.steps or "skipped" in last:
+                        record = {"step": s.step, "lr": s.lr_scheduler.get_last_lr()[0], **last}
+                        if log_file is not None:
+                            log_file.write(json_text(record) + "\n")
+                            log_file.flush()
+                        if trackers is not None:
+                            trackers.log({k: v for k, v in record.items() if k != "step"}, s.step)
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss_r", "loss_f", "loss", "lambda")})
+                    if main and t.sample_every and s.step % t.sample_every == 0 and s.step < t.steps:
+                        self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png")
+                    timed = bool(t.checkpoint_minutes) and time.perf_counter() - last_save >= 60 * t.checkpoint_minutes
+                    # one decision for all processes: a signal reached one of them, the main one's clock is due
+                    signum, timed = s.procs.max_ints([stop.signum or 0, int(timed and main)])
+                    due = (t.checkpoint_every and s.step % t.checkpoint_every == 0) or timed
+                    if signum or (due and s.step < t.steps):
+                        path = self.save(run_dir, session())
+                        last_save = time.perf_counter()
+                        if signum:
+                            bar.close()
+                            raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {s.step} of {t.steps}: "
+                                              f"checkpoint {path}", signum)
+        finally:
+            if log_file is not None:
+                log_file.close()
+            if trackers is not None:
+                trackers.close()
+            if main:
+                plot_losses(run_dir / "log.jsonl", run_dir / "losses.png")
         bar.close()
         this = session()
         ckpt = self.save(run_dir, this)
-        self.save_models(run_dir)
-        grid = self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png")
         sessions = [*self.sessions, this]
         wall = sum(p["wall_time_s"] for p in sessions)
         trained = sum(p["to_step"] - p["from_step"] for p in sessions)
@@ -264,16 +299,23 @@ class Run:
             "wall_time_s": round(wall, 2),
             "sec_per_step": round(wall / max(1, trained), 4),
             "sessions": sessions,
+            "num_processes": s.procs.world,
+            "mixed_precision": t.mixed_precision,
+            "grad_accum_steps": t.grad_accum_steps,
             "skipped_steps": self.skipped_steps,
             "peak_memory_mib": peak_memory_mib(device),
             "final_logs": last,
             "checkpoint": str(ckpt),
             "model_dir": str(run_dir / "model"),
             "ema_model_dir": str(run_dir / "model_ema") if s.ema is not None else None,
-            "sample_grid": str(grid),
+            "losses_png": str(run_dir / "losses.png"),
         }
-        write_json(run_dir / "metrics.json", summary)
-        write_json(run_dir / COMPLETE, {"steps": s.step, "finished": datetime.now(timezone.utc).isoformat()})
+        if main:
+            self.save_models(run_dir)
+            summary["sample_grid"] = str(self.sample_grid(run_dir / "samples" / f"step_{s.step:07d}.png"))
+            write_json(run_dir / "metrics.json", summary)
+            write_json(run_dir / COMPLETE, {"steps": s.step, "finished": datetime.now(timezone.utc).isoformat()})
+        s.procs.barrier()  # every process returns once the run's files exist
         return summary
 
 

@@ -117,6 +117,16 @@ class FolderClaim:
         self.release(undo=exc_type is not None and self.is_empty())
 
 
+@dataclass(frozen=True)
+class RunDirView:
+    """What a claim found (picklable: the main process sends it to the others under a launcher)."""
+
+    path: Path
+    resume: bool
+    checkpoints: list[Path]
+    complete: dict[str, Any] | None
+
+
 @dataclass
 class RunDirClaim:
     """The result of `claim_run_dir`: the held folder and what it holds."""
@@ -129,6 +139,9 @@ class RunDirClaim:
     @property
     def path(self) -> Path:
         return self.folder.path
+
+    def view(self) -> RunDirView:
+        return RunDirView(self.path, self.resume, list(self.checkpoints), self.complete)
 
     def __enter__(self) -> "RunDirClaim":
         return self

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .backbones.base import Backbone
 from .config import SampleConfig
+from .device import precision_context
 
 
 def make_scheduler(backbone: Backbone, cfg: SampleConfig) -> DDIMScheduler | DDPMScheduler:
@@ -76,6 +77,7 @@ def sample(
     (0 ≤ k ≤ n) x after the first k steps, i.e. at the noise level of `sampling_timesteps(...)[k]`
     (ESD's partial trajectory, docs/baselines.md "ESD"; k = 0 returns the noise).
     `generator` drives the per-step noise of DDPM / DDIM with η > 0 (unused for DDIM η = 0).
+    The model's forwards run under sample.mixed_precision autocast.
     Runs without gradients under `torch.no_grad` (not inference mode: ESD trains on the result) and
     with the model in eval mode (its mode is restored after).
     """
@@ -90,10 +92,11 @@ def sample(
     was_training = model.training
     model.eval()
     n = x.shape[0]
-    for t in tqdm(timesteps, desc="sampling", leave=False, disable=not progress):
-        t_batch = torch.full((n,), int(t), dtype=torch.long, device=x.device)
-        eps = backbone.guided_eps(model, x, t_batch, cond, cfg)
-        x = sched.step(eps, t, x, generator=generator, **step_kw).prev_sample
+    with precision_context(cfg.mixed_precision, x.device):  # the model's forwards; the update stays float32
+        for t in tqdm(timesteps, desc="sampling", leave=False, disable=not progress):
+            t_batch = torch.full((n,), int(t), dtype=torch.long, device=x.device)
+            eps = backbone.guided_eps(model, x, t_batch, cond, cfg)
+            x = sched.step(eps, t, x, generator=generator, **step_kw).prev_sample
     model.train(was_training)
     return x
 

@@ -16,6 +16,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from ..config import ArchConfig, DiffusionConfig, SampleConfig
+from .. import shard
 from ..errors import ConfigError
 
 
@@ -52,11 +53,13 @@ class Backbone:
     def sample_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Antithetic timesteps as SA/EraseDiff do: draw n//2+1 uniformly, append T−1−t, keep n.
 
-        Returns t: (n,) int64 in [0, T) on the backbone's device.
+        Returns t: (n,) int64 in [0, T) on the backbone's device. With a `shard.ShardedGenerator` the
+        antithetic pairs are drawn for the global batch and this process keeps its n rows.
         """
-        half = torch.randint(0, self.num_timesteps, (n // 2 + 1,), generator=generator, device=generator.device)
-        t = torch.cat([half, self.num_timesteps - 1 - half])[:n]
-        return t.to(self.device)
+        n_all = shard.global_rows(n, generator)
+        half = torch.randint(0, self.num_timesteps, (n_all // 2 + 1,), generator=generator, device=generator.device)
+        t = torch.cat([half, self.num_timesteps - 1 - half])[:n_all]
+        return shard.local_rows(t, generator).to(self.device)
 
     # --------------------------------------------------------------------------- family-specific
     def encode(self, batch: Any) -> tuple[torch.Tensor, Any]:
@@ -82,7 +85,7 @@ class Backbone:
         """
         if p <= 0:
             return cond
-        drop = torch.rand(cond.shape, generator=generator, device=generator.device).to(cond.device) < p
+        drop = shard.rand(cond.shape, generator).to(cond.device) < p
         return torch.where(drop, self.null_condition(cond.shape[0]).to(cond.device), cond)
 
     def condition_for_classes(self, classes: torch.Tensor) -> Any:

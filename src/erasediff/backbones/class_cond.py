@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import shard
 from .base import PixelBackbone
 from .unets import ClassConditionalUNet
 
@@ -19,8 +20,8 @@ class ClassConditionalBackbone(PixelBackbone):
     conditional = True
 
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """ε_θ(x_t, t, c): (B,C,H,W)."""
-        return model(xt, t, cond)
+        """ε_θ(x_t, t, c): (B,C,H,W) float32 (also under autocast)."""
+        return model(xt, t, cond).float()
 
     def null_condition(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
@@ -31,7 +32,7 @@ class ClassConditionalBackbone(PixelBackbone):
         (The official code draws one label in {1..9} for the whole batch and never checks it
         against c_f, docs/method.md "Forgetting targets"; this version is always a different class.)
         """
-        shift = torch.randint(1, self.num_classes, cond.shape, generator=generator, device=generator.device)
+        shift = shard.randint(1, self.num_classes, cond.shape, generator)
         return (cond + shift.to(cond.device)) % self.num_classes
 
     def condition_for_classes(self, classes: torch.Tensor) -> torch.Tensor:

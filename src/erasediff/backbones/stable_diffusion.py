@@ -25,7 +25,6 @@ Trainable parameters in diffusers names (docs/peers.md "ESD"), `model.trainable`
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -199,16 +198,9 @@ class StableDiffusionBackbone(Backbone):
         x = self.vae.decode((z / self.scaling_factor).to(self.vae_dtype)).sample
         return x.float().clamp(-1, 1)
 
-    def _autocast(self):
-        if self.sd.mixed_precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """ε_θ(z_t, t, τ(c)): z_t (B, 4, h, w), t (B,) int64, cond (B,) prompt ids -> (B, 4, h, w) float32."""
-        with self._autocast():
-            out = model(xt, t, encoder_hidden_states=self.embeddings[cond]).sample
-        return out.float()
+        return model(xt, t, encoder_hidden_states=self.embeddings[cond]).sample.float()  # float32 under autocast too
 
     def null_condition(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.null_id, dtype=torch.long, device=self.device)

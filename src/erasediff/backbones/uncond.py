@@ -22,7 +22,7 @@ class UnconditionalBackbone(PixelBackbone):
     conditional = False
 
     def predict(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        return model(xt, t).sample
+        return model(xt, t).sample.float()  # float32 under autocast too
 
     def null_condition(self, n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.long, device=self.device)

@@ -24,10 +24,14 @@ class InfiniteBatches:
     In-memory datasets (exposing a `.tensors` pair, like the digits TensorDataset) are indexed
     directly; others go through a per-epoch DataLoader with `num_workers` workers. The guarantee
     covers which items are drawn; random augmentations (hflip) follow torch's RNG.
+
+    part = (r, N): process r of N data-parallel processes (docs/distributed.md) gets rows
+    [r·B/N, (r+1)·B/N) of every batch (B must split evenly); N processes together see exactly the
+    batches of one. `batch_size` stays the global B.
     """
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor, batch_size: int, *, seed: int,
-                 num_workers: int = 0, device: str | torch.device = "cpu"):
+                 num_workers: int = 0, device: str | torch.device = "cpu", part: tuple[int, int] = (0, 1)):
         self.indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
         if len(self.indices) == 0:
             raise DataError("cannot draw batches from an empty set of images: check the forget/remain split")
@@ -37,6 +41,11 @@ class InfiniteBatches:
         self.device = torch.device(device)
         self.batch_size = min(batch_size, len(self.indices))
         self.batches_per_epoch = len(self.indices) // self.batch_size
+        self.rank, self.world = part
+        if self.batch_size % self.world:
+            raise DataError(f"a batch of {self.batch_size} images does not split over {self.world} processes: choose "
+                            f"data.batch_size (and data.forget_batch_size) divisible by {self.world}")
+        self.local_batch_size = self.batch_size // self.world
         tensors = getattr(dataset, "tensors", None)
         self._tensors = tensors if isinstance(tensors, (tuple, list)) and len(tensors) == 2 else None
         self._drawn = 0
@@ -50,7 +59,9 @@ class InfiniteBatches:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(self.indices), generator=gen)
         used = self.batches_per_epoch * self.batch_size
-        return self.indices[perm[:used]].view(self.batches_per_epoch, self.batch_size)
+        rows = self.indices[perm[:used]].view(self.batches_per_epoch, self.batch_size)
+        b = self.local_batch_size
+        return rows[:, self.rank * b : (self.rank + 1) * b]  # this process's share of every batch
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, b = divmod(self._drawn, self.batches_per_epoch)

@@ -14,17 +14,21 @@ A method never tests which dataset or model family it runs on: it asks the backb
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from .. import shard
 from ..checkpoint import load_param_file
 from ..config import RunConfig
+from ..device import precision_context
+from ..distributed import Processes
 from ..ema import EMA
 from ..errors import ConfigError, ErasediffError, NonFiniteStep
+from ..shard import micro_batch
 
 if TYPE_CHECKING:  # keep config validation free of the diffusers import (seconds)
     from ..backbones.base import Backbone
@@ -32,7 +36,14 @@ if TYPE_CHECKING:  # keep config validation free of the diffusers import (second
 
 @dataclass
 class TrainState:
-    """Everything a step may touch. `params` are the trainable parameters (model.trainable)."""
+    """Everything a step may touch. `params` are the trainable parameters (model.trainable).
+
+    The step's gradient path (docs/distributed.md, "What one step does"): `backward` (fp16: the scaled
+    loss), `finish_gradients` (average over the data-parallel processes, fp16 unscale, finite check),
+    `clip_and_step` (clip, optimiser and LR-schedule step). `accumulate` runs a method's one-loss
+    objective over train.grad_accum_steps micro-batches. With one process in float32 each of these is
+    exactly the plain torch call.
+    """
 
     cfg: RunConfig
     backbone: "Backbone"
@@ -42,34 +53,109 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: EMA | None
-    generator: torch.Generator  # noise, timesteps and label dropout of the training steps
+    generator: torch.Generator  # noise, timesteps and label dropout of the training steps (shard.ShardedGenerator)
     step: int = 0
     progress: bool = True  # show the bars of setup work (a method's own sampling), as build_run(progress=)
+    procs: Processes = field(default_factory=Processes)
+    scaler: torch.amp.GradScaler | None = None  # train.mixed_precision fp16 only
 
-    def grad_norm(self, parts: dict[str, float] | None = None) -> torch.Tensor:
-        """Global L2 norm of the trainable gradients (0-dim tensor); raises NonFiniteStep (before any
-        optimiser step) when it or a loss in `parts` is NaN or infinite (the loop's train.nonfinite policy
-        decides what happens then)."""
+    # ------------------------------------------------------------------------ gradients of a step
+    def autocast(self):
+        """The training forwards' autocast context (train.mixed_precision; a no-op for `no`)."""
+        return precision_context(self.cfg.train.mixed_precision, self.backbone.device)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), of the fp16-scaled loss under train.mixed_precision fp16; outside autocast."""
+        with torch.autocast(self.backbone.device.type, enabled=False):
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def grad(self, loss: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
+        """∇loss w.r.t. `params` (torch.autograd.grad; zeros where unused), local to this process and
+        fp16-scaled like `backward`: average with `procs.mean_` before use."""
+        with torch.autocast(self.backbone.device.type, enabled=False):
+            scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+            grads = torch.autograd.grad(scaled, self.params, retain_graph=retain_graph, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
+
+    def finish_gradients(self, parts: dict[str, float] | None = None, *, synced: bool = False,
+                         optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+        """Make the `.grad`s the step's global gradients and check them; returns their L2 norm (0-dim).
+
+        Averages the trainable gradients over the processes (unless `synced`: the caller wrote global
+        ones) and the numbers in `parts` (in place: the caller logs the global losses); under fp16
+        unscales them for `optimizer` (default: the run's). Raises NonFiniteStep (before any optimiser
+        step; the loop's train.nonfinite policy decides) when a loss in `parts` or the norm is NaN or
+        infinite, except an fp16 overflow of the gradients alone, which the scaler skips.
+        """
         grads = [p.grad for p in self.params if p.grad is not None]
+        if parts is not None:
+            parts.update(self.procs.mean_values(parts))
+        if not synced:
+            self.procs.mean_(grads)
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer or self.optimizer)
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         values = {**(parts or {}), "grad_norm": float(norm)}
         if not all(math.isfinite(v) for v in values.values()):
-            raise NonFiniteStep(values)
+            if self.scaler is None or not all(math.isfinite(v) for v in (parts or {}).values()):
+                raise NonFiniteStep(values)
         return norm
 
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """One step of `optimizer` (the fp16 scaler's step and update); False when fp16 skipped it."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped
+
     def clip_and_step(self, after_clip: Callable[[], None] | None = None,
-                      parts: dict[str, float] | None = None) -> float:
-        """Check that the losses `parts` and the global grad norm are finite (else NonFiniteStep, nothing
-        applied), clip the norm to train.grad_clip, call `after_clip` (e.g. SalUn's gradient mask), then
-        take one optimiser + LR-schedule step. Returns the pre-clip norm."""
-        norm = self.grad_norm(parts)
+                      parts: dict[str, float] | None = None, *, synced: bool = False) -> float:
+        """`finish_gradients(parts, synced=synced)`, clip the norm to train.grad_clip, call `after_clip`
+        (e.g. SalUn's gradient mask), then one optimiser + LR-schedule step. Returns the pre-clip norm;
+        an fp16 overflow skips the step and sets parts["amp_skipped"] = 1."""
+        norm = self.finish_gradients(parts, synced=synced)
+        if not math.isfinite(float(norm)):  # fp16 overflow (finish_gradients raised for anything else)
+            self.optimizer_step(self.optimizer)  # the scaler skips it and lowers its scale
+            if parts is not None:
+                parts["amp_skipped"] = 1.0
+            return float(norm)
         if self.cfg.train.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.train.grad_clip, norm)
         if after_clip is not None:
             after_clip()
-        self.optimizer.step()
-        self.lr_scheduler.step()
+        if self.optimizer_step(self.optimizer):
+            self.lr_scheduler.step()
         return float(norm)
+
+    def accumulate(self, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]], forget: Any,
+                   remain: Any, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Backward of `loss_fn(self, forget, remain) -> (total, parts)` over the step's batches, in
+        train.grad_accum_steps = k equal micro-batches: each micro-batch backpropagates total / k and
+        draws its share of the step's random numbers (shard.py: part r·k + m of N·k), so k micro-batches
+        give the gradient of one batch. `generator`: the one `loss_fn` draws from (default: the run's).
+        Returns the mean of the micro-batches' `parts`."""
+        k = self.cfg.train.grad_accum_steps
+        if k == 1:
+            total, parts = loss_fn(self, forget, remain)
+            self.backward(total)
+            return parts
+        gen = generator if generator is not None else self.generator
+        start, (index, count) = gen.get_state(), shard.part(gen)
+        sums: dict[str, float] = {}
+        try:
+            for m in range(k):
+                gen.set_state(start)  # every micro-batch draws the step's global numbers, keeps its rows
+                gen.index, gen.count = index * k + m, count * k
+                total, parts = loss_fn(self, micro_batch(forget, k, m), micro_batch(remain, k, m))
+                self.backward(total / k)
+                for key, v in parts.items():
+                    sums[key] = sums.get(key, 0.0) + v / k
+        finally:
+            gen.index, gen.count = index, count
+        return sums
 
     def load_param_file(self, path: str, key: str) -> list[torch.Tensor]:
         """The tensors of a per-parameter file (`checkpoint.load_param_file`: exactly `param_names`, their
@@ -164,10 +250,10 @@ class Method:
         raise NotImplementedError
 
     def update(self, state: TrainState, forget: Batch, remain: Batch) -> dict[str, float]:
-        """Default step: zero_grad, loss, backward, clip, optimiser step."""
+        """Default step: zero_grad, loss and backward (over train.grad_accum_steps micro-batches), clip,
+        optimiser step."""
         state.optimizer.zero_grad(set_to_none=True)
-        total, parts = self.loss(state, forget, remain)
-        total.backward()
+        parts = state.accumulate(self.loss, forget, remain)
         parts["grad_norm"] = state.clip_and_step(parts=parts)
         return parts
 

@@ -16,7 +16,8 @@ Two stages (docs/baselines.md "BlindSpot"; paper: 100 epochs each):
    UNet down-block output h_l on the forget batch (attention transfer, Zagoruyko & Komodakis; the
    form and placement inside the p_f term follow the official `attention_diff` / `forget_loss`).
    β = `at_weight`, default 0 as the official EraseDiff code.
-One antithetic timestep draw covers the combined batch (t_f = t[:B_f], t_r = t[B_f:]); `cond_drop`
+Each set draws its own antithetic timesteps (the official code draws one set over the combined batch;
+the distribution of t is the same, and separate draws split into per-process shares); `cond_drop`
 (default 0.1, the official stage 2) drops labels per sample, and the proxy sees the same (dropped)
 condition and noisy input as the model.
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Interval
 from torch import nn
 
+from .. import shard
 from ..checkpoint import resolve_pretrained
 from ..config import MethodConfig
 from ..errors import ConfigError, ErasediffError, first_line
@@ -113,22 +115,23 @@ class BlindSpot(Method):
         x_f, c_f = bb.encode(forget)  # x: (B_f, C, H, W)
         x_r, c_r = bb.encode(remain)  # x: (B_r, C, H, W)
         b_f, b_r = x_f.shape[0], x_r.shape[0]
-        t = bb.sample_timesteps(b_f + b_r, gen)  # (B_f + B_r,): one draw for the batch of D
-        eps_f = torch.randn(x_f.shape, generator=gen, device=gen.device).to(x_f.device)
+        # one antithetic draw per set (a draw over the concatenation would not split into per-process shares)
+        t_f, t_r = bb.sample_timesteps(b_f, gen), bb.sample_timesteps(b_r, gen)  # (B_f,), (B_r,)
+        eps_f = shard.randn(x_f.shape, gen).to(x_f.device)
         c_f = bb.drop_condition(c_f, p, gen)
-        xt_f = bb.add_noise(x_f, eps_f, t[:b_f])
+        xt_f = bb.add_noise(x_f, eps_f, t_f)
         self.acts = {"model": [], "proxy": []}
         self.recording = True
-        pred_f = bb.predict(state.model, xt_f, t[:b_f], c_f)  # ε_θ(x_t^f, t, c_f): (B_f, C, H, W)
+        pred_f = bb.predict(state.model, xt_f, t_f, c_f)  # ε_θ(x_t^f, t, c_f): (B_f, C, H, W)
         with torch.no_grad():
-            target_f = bb.predict(self.proxy, xt_f, t[:b_f], c_f)  # sg[ε_proxy(x_t^f, t, c_f)]
+            target_f = bb.predict(self.proxy, xt_f, t_f, c_f)  # sg[ε_proxy(x_t^f, t, c_f)]
         self.recording = False
         at = sum(
             (eps_mse(attention_map(a), attention_map(b)) for a, b in zip(self.acts["model"], self.acts["proxy"])),
             pred_f.new_zeros(()),
         )
         self.acts = {"model": [], "proxy": []}
-        loss_r, _ = denoising_loss(bb, state.model, x_r, c_r, gen, t=t[b_f:], cond_drop=p)
+        loss_r, _ = denoising_loss(bb, state.model, x_r, c_r, gen, t=t_r, cond_drop=p)
         return {"loss_f": eps_mse(pred_f, target_f), "loss_at": at, "loss_r": loss_r}, b_f / (b_f + b_r)
 
     def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:

@@ -45,7 +45,8 @@ import torch
 from annotated_types import Ge, Gt, Interval
 from pydantic import model_validator
 
-from ..config import MethodConfig
+from .. import shard
+from ..config import MethodConfig, RunConfig
 from ..errors import ConfigError
 from ..losses import denoising_loss, random_label_target_loss, uniform_target_loss
 from . import register
@@ -67,6 +68,14 @@ class EraseDiffConfig(MethodConfig):
     q_gate: bool = False
     remain_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
     forget_cond_drop: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+
+    def check_run(self, run: RunConfig) -> None:
+        if run.train.grad_accum_steps > 1 and (self.lambda_mode != "fixed" or self.q_gate):
+            why = (f"lambda_mode '{self.lambda_mode}' computes λ from the full gradients g_r and g_q of the step"
+                   if self.lambda_mode != "fixed" else "q_gate decides λ from the step's whole L_f before its backward")
+            raise ValueError(f"train.grad_accum_steps is {run.train.grad_accum_steps} but method.{why}, which "
+                             "micro-batches cannot give: set train.grad_accum_steps=1 (valid with lambda_mode fixed "
+                             "and q_gate false: any)")
 
     @model_validator(mode="after")
     def _resolve_shared_timesteps(self) -> "EraseDiffConfig":
@@ -118,7 +127,9 @@ class EraseDiff(Method):
         # The inner loop draws its noise from its own generator, so the outer steps see the same
         # noise stream whatever K is (with λ = 0 and a separate optimiser an outer step is exactly a
         # Finetune step on the same batch; tested).
-        self.inner_gen = torch.Generator(device=state.generator.device).manual_seed(state.cfg.seed + 7_000_003)
+        # Like the run's generator it gives each process its share of every batch's draws (shard.py).
+        index, count = shard.part(state.generator)
+        self.inner_gen = shard.ShardedGenerator(state.generator.device, index, count).manual_seed(state.cfg.seed + 7_000_003)
         self.snapshot = [p.detach().clone() for p in state.params]
         if self.cfg.inner_optimizer == "shared":
             self.inner_opt = state.optimizer
@@ -139,25 +150,30 @@ class EraseDiff(Method):
         )
 
     # --------------------------------------------------------------------- Alg. 1 lines 2-4
+    def _inner_objective(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
+        x_f, c_f = state.backbone.encode(forget)
+        loss = self.forget_loss(state, x_f, c_f, None, self.inner_gen)
+        return loss, {"loss_f_inner": loss.item()}
+
     def _inner_loop(self, state: TrainState) -> None:
         # line 2: φ⁰ ← θ (in place, trainable parameters only; no second model)
         torch._foreach_copy_(self.snapshot, [p.detach() for p in state.params])
         losses = []
         try:
-            # line 3: K descent steps on L_f only (the official code does not clip inner steps)
+            # line 3: K descent steps on L_f only (the official code does not clip inner steps); each on the
+            # global forget batch: gradients averaged over the processes, so every process keeps the same φ
             for _ in range(self.cfg.inner_steps):
-                x_f, c_f = state.backbone.encode(next(self.forget_iter))
                 self.inner_opt.zero_grad(set_to_none=True)
-                loss = self.forget_loss(state, x_f, c_f, None, self.inner_gen)
-                loss.backward()
-                state.grad_norm({"loss_f_inner": loss.item()})  # NonFiniteStep before a bad inner step
-                self.inner_opt.step()
-                losses.append(loss.item())
+                parts = state.accumulate(self._inner_objective, next(self.forget_iter), None, self.inner_gen)
+                state.finish_gradients(parts, optimizer=self.inner_opt)  # NonFiniteStep before a bad inner step
+                state.optimizer_step(self.inner_opt)
+                losses.append(parts["loss_f_inner"])
             # line 4: f* = L_f(φ^K)
             if self.cfg.phi_value == "final" or not losses:
                 x_f, c_f = state.backbone.encode(next(self.forget_iter))
-                with torch.no_grad():
-                    self.phi = self.forget_loss(state, x_f, c_f, None, self.inner_gen).item()
+                with torch.no_grad(), state.autocast():
+                    phi = self.forget_loss(state, x_f, c_f, None, self.inner_gen).item()
+                self.phi = state.procs.mean_values({"phi": phi})["phi"]
             else:
                 last_pass = losses[-max(1, min(len(losses), self.forget_iter.batches_per_epoch)) :]
                 self.phi = sum(last_pass) / len(last_pass)
@@ -168,44 +184,63 @@ class EraseDiff(Method):
             state.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------- one outer step
+    def _losses(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, torch.Tensor]:
+        """Line 6 (losses): (L_r on the D_r batch, L_f on the D_f batch), scalars with graph."""
+        backbone, cfg, gen = state.backbone, self.cfg, state.generator
+        x_r, c_r = backbone.encode(remain)
+        x_f, c_f = backbone.encode(forget)
+        n_r, n_f = shard.global_rows(x_r.shape[0], gen), shard.global_rows(x_f.shape[0], gen)  # global B_r, B_f
+        with shard.whole(gen):  # the global batch's t: the D_f batch may reuse its first B_f entries
+            t_all = backbone.sample_timesteps(n_r, gen)  # (B_r,) int64 in [0, T)
+        loss_r, _ = denoising_loss(backbone, state.model, x_r, c_r, gen, t=shard.local_rows(t_all, gen),
+                                   cond_drop=cfg.remain_cond_drop)
+        t_f = shard.local_rows(t_all[:n_f], gen) if cfg.shared_timesteps and n_f <= t_all.shape[0] else None
+        return loss_r, self.forget_loss(state, x_f, c_f, t_f, gen)
+
+    def _fixed_objective(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
+        """Line 8 with fixed λ: ∇(L_r + λ q̂) = g_r + λ g_q in one backward (f* is a constant)."""
+        loss_r, loss_f = self._losses(state, forget, remain)
+        return loss_r + self.cfg.lambda_value * loss_f, {"loss_r": loss_r.item(), "loss_f": loss_f.item()}
+
     def update(self, state: TrainState, forget, remain) -> dict[str, float]:
         if self.since_inner % self.cfg.block_size == 0:
             self._inner_loop(state)
         self.since_inner += 1
-        backbone, cfg = state.backbone, self.cfg
-
-        # line 6 (losses): L_r on a D_r batch, L_f on a D_f batch (same t, as the official code)
-        x_r, c_r = backbone.encode(remain)
-        x_f, c_f = backbone.encode(forget)
-        loss_r, t = denoising_loss(backbone, state.model, x_r, c_r, state.generator, cond_drop=cfg.remain_cond_drop)
-        t_f = t[: x_f.shape[0]] if cfg.shared_timesteps and x_f.shape[0] <= t.shape[0] else None
-        loss_f = self.forget_loss(state, x_f, c_f, t_f, state.generator)
-        # line 5: q̂(θ) = L_f(θ) − f*  (f* constant)
-        q = loss_f.item() - self.phi
+        cfg, procs = self.cfg, state.procs
 
         state.optimizer.zero_grad(set_to_none=True)
-        if cfg.lambda_mode == "fixed":
-            lam = 0.0 if cfg.q_gate and q <= 0 else cfg.lambda_value
-            # line 8 with fixed λ: ∇(L_r + λ q̂) = g_r + λ g_q in one backward
-            (loss_r + lam * loss_f).backward()
-        else:
-            # line 6 (gradients) over the trained parameters only; allow_unused: e.g. the null-class
-            # row is not in L_r's graph when remain_cond_drop = 0 (the code's crash, docs/method.md "Theorem 1 and the λ rules")
-            g_r = torch.autograd.grad(loss_r, state.params, retain_graph=True, allow_unused=True)
-            g_q = torch.autograd.grad(loss_f, state.params, allow_unused=True)
-            g_r = [torch.zeros_like(p) if g is None else g for g, p in zip(g_r, state.params)]
-            g_q = [torch.zeros_like(p) if g is None else g for g, p in zip(g_q, state.params)]
-            # line 7: Theorem 1 (paper) or the code's cosine rule
-            lam = (lambda_paper if cfg.lambda_mode == "paper" else lambda_cosine)(g_r, g_q, cfg.eta)
-            if cfg.q_gate and q <= 0:
-                lam = 0.0
-            # line 8: δ = g_r + λ g_q, written straight into .grad (no third backward)
-            for p, a, b in zip(state.params, g_r, g_q):
-                p.grad = a + lam * b
-        logs = {"loss_r": loss_r.item(), "loss_f": loss_f.item(), "q": q, "lambda": lam}
-        logs["grad_norm"] = state.clip_and_step(parts=logs)
-        logs["phi"] = self.phi
-        return logs
+        synced = False
+        if cfg.lambda_mode == "fixed" and not cfg.q_gate:
+            parts = state.accumulate(self._fixed_objective, forget, remain)  # over train.grad_accum_steps
+            lam = cfg.lambda_value
+        else:  # λ depends on this step's global L_f or gradients (no gradient accumulation: EraseDiffConfig)
+            loss_r, loss_f = self._losses(state, forget, remain)
+            parts = {"loss_r": loss_r.item(), "loss_f": loss_f.item()}
+            # line 5: q̂(θ) = L_f(θ) − f* on the global batch (f* constant)
+            q = procs.mean_values({"loss_f": parts["loss_f"]})["loss_f"] - self.phi
+            if cfg.lambda_mode == "fixed":
+                lam = 0.0 if q <= 0 else cfg.lambda_value
+                state.backward(loss_r + lam * loss_f)
+            else:
+                # line 6 (gradients) over the trained parameters only, zeros where unused: e.g. the null-class
+                # row is not in L_r's graph when remain_cond_drop = 0 (the code's crash, docs/method.md "Theorem 1
+                # and the λ rules"); averaged over the processes: λ needs the global g_r and g_q (autograd.grad
+                # is no .backward() that a data-parallel wrapper would average)
+                g_r = state.grad(loss_r, retain_graph=True)
+                g_q = state.grad(loss_f)
+                procs.mean_(g_r + g_q)
+                # line 7: Theorem 1 (paper) or the code's cosine rule; the same λ on every process
+                lam = (lambda_paper if cfg.lambda_mode == "paper" else lambda_cosine)(g_r, g_q, cfg.eta)
+                if cfg.q_gate and q <= 0:
+                    lam = 0.0
+                # line 8: δ = g_r + λ g_q, written straight into .grad (no third backward), already global
+                for p, a, b in zip(state.params, g_r, g_q):
+                    p.grad = a + lam * b
+                synced = True
+        grad_norm = state.clip_and_step(parts=parts, synced=synced)  # parts: now the global losses
+        logs = {"loss_r": parts["loss_r"], "loss_f": parts["loss_f"], "q": parts["loss_f"] - self.phi, "lambda": lam,
+                "grad_norm": grad_norm, "phi": self.phi}
+        return {**logs, **({"amp_skipped": 1.0} if "amp_skipped" in parts else {})}
 
     def state_dict(self) -> dict:
         return {"since_inner": self.since_inner, "phi": self.phi, "inner_gen": self.inner_gen.get_state()}

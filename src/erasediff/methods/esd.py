@@ -30,6 +30,7 @@ import torch
 from annotated_types import Ge
 
 from ..config import MethodConfig, RunConfig, SampleConfig, at_most_timesteps
+from .. import shard
 from ..errors import ConfigError
 from ..losses import eps_mse
 from . import register
@@ -69,7 +70,8 @@ class ESD(Method):
         self.frozen = copy.deepcopy(state.model).eval().requires_grad_(False)
         self.sample_cfg = SampleConfig(sampler="ddim", steps=self.cfg.ddim_steps, eta=0.0,
                                        guidance=self.cfg.start_guidance, guidance_convention="diffusers",
-                                       clip_denoised=False)
+                                       clip_denoised=False,  # part of the step: the training precision
+                                       mixed_precision=state.cfg.train.mixed_precision)
 
     def partial_sample(self, state: TrainState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 1-2 of the module docstring: (z (B, *sample_shape), t (B,) int64) for conditions `cond` (B,).
@@ -83,12 +85,12 @@ class ESD(Method):
 
         bb, gen, n = state.backbone, state.generator, self.cfg.ddim_steps
         k = int(torch.randint(0, n, (1,), generator=gen, device=gen.device))
-        z = torch.randn((cond.shape[0], *bb.sample_shape), generator=gen, device=gen.device).to(bb.device)
+        z = shard.randn((cond.shape[0], *bb.sample_shape), gen).to(bb.device)
         sampler = state.model if self.cfg.sample_with == "current" else self.frozen
         z = sample(bb, sampler, cond, z, self.sample_cfg, stop_after=k)
         lo = int(sampling_timesteps(bb, self.sample_cfg)[k])
         hi = min(lo + bb.num_timesteps // n, bb.num_timesteps)
-        t = torch.randint(lo, max(hi, lo + 1), (cond.shape[0],), generator=gen, device=gen.device).to(bb.device)
+        t = shard.randint(lo, max(hi, lo + 1), (cond.shape[0],), gen).to(bb.device)
         return z, t
 
     def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:

@@ -43,8 +43,10 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import fresh_path, save_param_file
 from ..config import MethodConfig, RunConfig, dump_config
-from ..device import resolve_device
+from .. import shard
+from ..distributed import processes
 from ..errors import ConfigError, ErasediffError
+from ..shard import ShardedGenerator
 from ..losses import denoising_loss, random_label_target_loss
 from . import register
 from .base import Artifact, Method, MethodData, TrainState
@@ -93,31 +95,36 @@ def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool =
     if not cfg.data.forget_classes:
         raise ConfigError("the saliency mask needs the classes to forget: set data.forget_classes (e.g. [0])")
     m, out, start = cfg.method, fresh_path(out_path), time.perf_counter()
-    device = resolve_device(cfg.device)
+    procs = processes(cfg.device)  # N processes split every batch (docs/distributed.md)
+    device, progress = procs.device, progress and procs.is_main
     torch.manual_seed(cfg.seed)  # a random init (no model.pretrained) is the one a run of cfg starts from
-    _, batches, _ = prepare_data(cfg, device, forget=True, remain=False)  # the loop's D_f iterator
+    _, batches, _ = prepare_data(cfg, device, forget=True, remain=False,  # the loop's D_f iterator
+                                 part=(procs.rank, procs.world))
     s = prepare_model(cfg, device)
     bb = s.backbone
     n_batches = m.mask_batches or batches.batches_per_epoch
     guided = cfg.sample.model_copy(update={"guidance": m.mask_guidance, "guidance_convention": "sa"})
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = ShardedGenerator(device, procs.rank, procs.world).manual_seed(cfg.seed)
     grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in s.params]
     s.model.eval()  # official: model.eval() for the mask
     for _ in tqdm(range(n_batches), desc="saliency mask", unit="batch", disable=not progress):
         x0, c = bb.encode(next(batches))  # (B, C, H, W), B conditions
         t = bb.sample_timesteps(x0.shape[0], gen)
-        eps = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
+        eps = shard.randn(x0.shape, gen).to(x0.device)
         pred = bb.guided_eps(s.model, bb.add_noise(x0, eps, t), t, c, guided)  # with gradients (no inference_mode)
         loss = (eps - pred).square().flatten(1).sum(1).mean()  # Σ pixels, mean over the batch (SA loss)
         grads = [torch.zeros_like(p) if g is None else g
                  for g, p in zip(torch.autograd.grad(loss, s.params, allow_unused=True), s.params)]
+        procs.mean_(grads)  # the global batch's gradient (the loss is a batch mean), before clipping
         if m.mask_grad_clip is not None:  # as clip_grad_norm_ on the model's .grad
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
             torch._foreach_mul_(grads, torch.clamp(m.mask_grad_clip / (norm + 1e-6), max=1.0))
         for acc, g in zip(grad_sum, grads):
             acc += g.float()
     mask = top_fraction_mask([g.abs() for g in grad_sum], m.mask_fraction)
-    save_param_file(out, dict(zip(s.param_names, mask)), dump_config(cfg), "saliency-mask")
+    if procs.is_main:
+        save_param_file(out, dict(zip(s.param_names, mask)), dump_config(cfg), "saliency-mask")
+    procs.barrier()  # the file exists for every process once this returns
     return {
         "path": str(out),
         "batches": n_batches,
@@ -161,8 +168,7 @@ class SalUn(Method):
     def update(self, state: TrainState, forget, remain) -> dict[str, float]:
         """zero_grad, loss, backward, clip, grad ⊙ mask (after clipping, as the official code), step."""
         state.optimizer.zero_grad(set_to_none=True)
-        total, parts = self.loss(state, forget, remain)
-        total.backward()
+        parts = state.accumulate(self.loss, forget, remain)
 
         @torch.no_grad()
         def apply_mask() -> None:

@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 from ..checkpoint import fresh_path, save_param_file
 from ..config import MethodConfig, RunConfig, at_most_timesteps, dump_config
 from ..data import InfiniteBatches, images_of_classes
-from ..device import resolve_device
+from ..distributed import processes
+from .. import shard
 from ..errors import ConfigError
 from ..losses import denoising_loss
 from . import register
@@ -106,6 +107,7 @@ def fisher_diagonal(
     reduction: str,
     generator: torch.Generator,
     progress: bool = True,
+    part: tuple[int, int] = (0, 1),
 ) -> list[torch.Tensor]:
     """Diagonal empirical Fisher F_i = (1/N) Σ_n (s · ∂/∂θ_i Σ_{t∈timesteps} ℓ_n,t)², s = T / len(timesteps).
 
@@ -114,9 +116,13 @@ def fisher_diagonal(
     sample go through the network in `chunks` batches whose gradients are summed before squaring.
     ℓ_n,t = ‖ε − ε_θ(x_t, t, c̃)‖² summed ("sum") or averaged ("mean") over pixels. Returns float32
     tensors shaped like `params`. Call with the model in the mode wanted (SA: eval).
+    part = (r, N): this process computes the samples n ≡ r (mod N) and returns their share of the sum
+    (the caller sums the shares over the processes); every process draws every sample's ε, so each
+    sample sees the one-process noise.
     """
     scale = backbone.num_timesteps / len(timesteps)
     fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    rank, world = part
     for n in tqdm(range(images.shape[0]), desc="Fisher", unit="sample", disable=not progress):
         x0 = images[n : n + 1].to(backbone.device)  # (1, C, H, W)
         c = conds[n : n + 1]
@@ -125,6 +131,8 @@ def fisher_diagonal(
             b = ts.shape[0]
             eps = torch.randn((b, *x0.shape[1:]), generator=generator, device=generator.device).to(x0.device)
             cond = backbone.drop_condition(c.expand(b, *c.shape[1:]), cond_drop, generator)
+            if n % world != rank:
+                continue  # another process's sample: its noise is drawn (above) but not used here
             pred = backbone.predict(model, backbone.add_noise(x0.expand_as(eps), eps, ts), ts, cond)
             per_t = (eps - pred).square().flatten(1)  # (b, C·H·W)
             loss = scale * (per_t.sum(1) if reduction == "sum" else per_t.mean(1)).sum()
@@ -132,8 +140,9 @@ def fisher_diagonal(
             for acc, g in zip(grad_sum, grads):
                 if g is not None:
                     acc += g.float()
-        for f, g in zip(fisher, grad_sum):
-            f += g.square()
+        if n % world == rank:
+            for f, g in zip(fisher, grad_sum):
+                f += g.square()
     return [f / images.shape[0] for f in fisher]
 
 
@@ -155,7 +164,9 @@ def compute_fisher(cfg: RunConfig, out_path: str | Path, progress: bool = True) 
     if not isinstance(cfg.method, SelectiveAmnesiaConfig):
         raise ConfigError(f"the Fisher is computed from a selective_amnesia config (method.name is '{cfg.method.name}')")
     m, out, start = cfg.method, fresh_path(out_path), time.perf_counter()
-    device = resolve_device(cfg.device)
+    procs = processes(cfg.device)  # N processes split the samples (docs/distributed.md)
+    device = procs.device
+    progress = progress and procs.is_main
     torch.manual_seed(cfg.seed)  # a random init (no model.pretrained) is the one a run of cfg starts from
     dataset, _, _ = prepare_data(cfg, device, forget=False, remain=False)
     parts = prepare_model(cfg, device)
@@ -174,8 +185,12 @@ def compute_fisher(cfg: RunConfig, out_path: str | Path, progress: bool = True) 
         bb, parts.model, parts.params, images, bb.condition_for_classes(labels), timesteps,
         chunks=m.fisher_chunks, cond_drop=m.fisher_cond_drop, reduction=m.fisher_reduction,
         generator=torch.Generator(device=device).manual_seed(cfg.seed), progress=progress,
+        part=(procs.rank, procs.world),
     )
-    save_param_file(out, dict(zip(parts.param_names, fisher)), dump_config(cfg), "fisher")
+    procs.sum_(fisher)  # Σ over the whole sample set: every process's share
+    if procs.is_main:
+        save_param_file(out, dict(zip(parts.param_names, fisher)), dump_config(cfg), "fisher")
+    procs.barrier()  # the file exists for every process once this returns
     return {
         "path": str(out),
         "samples": int(images.shape[0]),
@@ -215,21 +230,22 @@ class SelectiveAmnesia(Method):
         self.fisher = state.load_param_file(self.cfg.fisher, "fisher")  # present: build_run checked the artifact
         self.theta_star = [p.detach().clone() for p in state.params]  # θ*: raw weights at setup
         self.forget_classes = torch.tensor(forget, dtype=torch.long)
-        self.replay = None
         if self.cfg.replay == "generated":
+            # the replayed D_r becomes the loop's remain batches (drawn, split over processes and
+            # micro-batches, and checkpointed like real ones); every process samples the same set
             remaining = [c for c in range(state.cfg.model.arch.num_classes) if c not in forget]
             images, labels = sample_as_configured(state.cfg, state.backbone, state.model, state.ema, remaining,
                                                   self.cfg.replay_samples_per_class, state.progress)
-            self.replay = InfiniteBatches(
+            data.remain = InfiniteBatches(
                 TensorDataset(images, labels), torch.arange(len(labels)), state.cfg.data.batch_size,
-                seed=state.cfg.seed * 2, device=state.backbone.device,
+                seed=state.cfg.seed * 2, device=state.backbone.device, part=(state.procs.rank, state.procs.world),
             )
 
     def surrogate_batch(self, state: TrainState, shape: torch.Size) -> tuple[torch.Tensor, Any]:
         """x_f ~ U[-1, 1] of `shape` (B, C, H, W), each labelled with a forget class drawn uniformly."""
         gen = state.generator
-        x_f = torch.rand(shape, generator=gen, device=gen.device).to(state.backbone.device) * 2 - 1
-        pick = torch.randint(len(self.forget_classes), (shape[0],), generator=gen, device=gen.device).cpu()
+        x_f = shard.rand(shape, gen).to(state.backbone.device) * 2 - 1
+        pick = shard.randint(0, len(self.forget_classes), (shape[0],), gen).cpu()
         return x_f, state.backbone.condition_for_classes(self.forget_classes[pick])
 
     def ewc_penalty(self, state: TrainState) -> torch.Tensor:
@@ -238,7 +254,7 @@ class SelectiveAmnesia(Method):
 
     def loss(self, state: TrainState, forget, remain) -> tuple[torch.Tensor, dict[str, float]]:
         bb, model = state.backbone, state.model
-        x_r, c_r = bb.encode(remain if self.replay is None else next(self.replay))
+        x_r, c_r = bb.encode(remain)  # real D_r, or the replayed samples (setup)
         x_f, c_f = self.surrogate_batch(state, x_r.shape)
         loss_f, t = denoising_loss(bb, model, x_f, c_f, state.generator)  # standard Gaussian target, no dropout
         loss_r, _ = denoising_loss(bb, model, x_r, c_r, state.generator, t=t)  # same t, as SA
@@ -246,9 +262,3 @@ class SelectiveAmnesia(Method):
         total = loss_f + self.cfg.gamma * loss_r + self.cfg.lambda_ewc * ewc
         return total, {"loss": total.item(), "loss_f": loss_f.item(), "loss_r": loss_r.item(), "ewc": ewc.item()}
 
-    def state_dict(self) -> dict:
-        return {"replay": self.replay.state_dict()} if self.replay is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.replay is not None:
-            self.replay.load_state_dict(state["replay"])
