@@ -7,7 +7,7 @@
 # Expected run time (estimate, not measured here): ~4-5 h on one H100 (≈4.5K images at 50 LMS steps;
 # ESD 1000 steps; EraseDiff-u 160 outer steps); +≈1.5 h per model with I2P.
 # GPU memory (estimate, not measured here): ≈40 GB for batch-16 training in fp32; set
-# train.mixed_precision=bf16 and model.sd.gradient_checkpointing=true (EXTRA_SET) for 24 GB cards.
+# train.mixed_precision=bf16 and model.gradient_checkpointing=true (EXTRA_SET) for 24 GB cards.
 # SMOKE=1 runs everything on CPU in a few minutes on a stand-in pipeline you provide as SD_PIPELINE
 # (tests/test_sd_scripts.py makes a tiny random one; each command pays ~10 s of imports on 2 cores).
 # Env: SD_PIPELINE (default CompVis/stable-diffusion-v1-4), OUT, I2P_CSV, EVAL_CONFIG, PYTHON, SEED, EXTRA_SET.

@@ -89,7 +89,8 @@ def build_run(cfg: RunConfig, *, progress: bool = True, procs: Processes | None 
     procs.broadcast_([p.data for p in parts.params] + (parts.ema.shadow if parts.ema is not None else []))
     t = cfg.train
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(parts.params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
+    optimizer = opt_cls(parts.params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay,
+                        **({"fused": True} if t.fused_optimizer else {}))
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(t.warmup_steps))
     generator = ShardedGenerator(device, procs.rank, procs.world).manual_seed(cfg.seed)  # shard.py
     scaler = torch.amp.GradScaler(device.type) if t.mixed_precision == "fp16" else None

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from .errors import ErasediffError, first_line
 from .files import fix_mode, fsync_dir
 from .rundir import COMPLETE, checkpoints_newest_first
+from .speed import apply_speed_options
 
 FORMAT = "erasediff-checkpoint-v1"
 
@@ -158,10 +159,11 @@ def check_finite_weights(model: torch.nn.Module, what: str) -> None:
                              "diverged run; refusing to use it")
 
 
-def load_eval_model(backbone: Any, spec: str, use_ema: bool) -> torch.nn.Module:
+def load_eval_model(backbone: Any, spec: str, use_ema: bool, options: Any = None) -> torch.nn.Module:
     """The model to sample from (eval mode, on the backbone's device): the EMA weights of a complete run
     directory when `use_ema` and available, else its raw weights; a model with non-finite weights is refused.
-    backbone: the adapter of the model family (its `load_model(path)` and `device`)."""
+    backbone: the adapter of the model family (its `load_model(path)` and `device`); options: the config's
+    `model` section, whose speed options are applied (speed.py)."""
     raw, ema = resolve_pretrained(spec)
     path = ema if (use_ema and ema is not None) else raw
     try:
@@ -169,7 +171,10 @@ def load_eval_model(backbone: Any, spec: str, use_ema: bool) -> torch.nn.Module:
     except (OSError, ValueError) as exc:
         raise ErasediffError(f"could not load model '{spec}': {first_line(exc)}") from None
     check_finite_weights(model, f"model '{spec}'")
-    return model.to(backbone.device).eval()
+    model = model.to(backbone.device).eval()
+    if options is not None:
+        apply_speed_options(model, options)
+    return model
 
 
 def resolve_pretrained(spec: str) -> tuple[str, str | None]:

@@ -218,7 +218,6 @@ class StableDiffusionConfig(Section):
     null_prompt: the unconditional prompt of classifier-free guidance ("" as diffusers).
     latent: how an image becomes z0: `sample` draws from the VAE posterior (the official code), `mean`
     takes its mean.
-    gradient_checkpointing: recompute UNet activations in backward (less memory, ~30% slower).
     vae_dtype: dtype of the frozen VAE (encode / decode only).
     """
 
@@ -226,7 +225,6 @@ class StableDiffusionConfig(Section):
     surrogate_prompt: Optional[str] = None
     null_prompt: str = ""
     latent: Literal["sample", "mean"] = "sample"
-    gradient_checkpointing: bool = False
     vae_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
@@ -238,6 +236,13 @@ class ModelConfig(Section):
     Relative paths are relative to the working directory.
     `trainable` other than `full` and any non-default `sd` key are stable_diffusion only (refused for
     the other backbones rather than ignored; a resolved config of theirs holds the defaults).
+    Speed options (docs/speed.md; each off by default, every backbone, training and sampling):
+    gradient_checkpointing recomputes the UNet's activations in backward (less memory, ~30% slower,
+    the same numbers); channels_last stores the UNet's conv weights NHWC (faster convolutions on
+    GPUs; float rounding only); compile runs the UNet through torch.compile (minutes of compilation
+    once per process, then faster steps; float rounding only); tf32 lets CUDA matmuls and
+    convolutions use TF32 on Ampere and newer GPUs (≈1e-3 relative rounding: results change at
+    that level; false leaves torch's defaults).
     """
 
     backbone: Literal["class_cond", "uncond", "stable_diffusion"] = "class_cond"
@@ -248,6 +253,10 @@ class ModelConfig(Section):
     #: stable_diffusion only (backbones/stable_diffusion.py has the exact name filters)
     trainable: Literal["full", "xattn", "noxattn", "selfattn"] = "full"
     sd: StableDiffusionConfig = StableDiffusionConfig()
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    tf32: bool = False
 
     @model_validator(mode="after")
     def _family_keys(self) -> ModelConfig:
@@ -384,6 +393,8 @@ class TrainConfig(Section):
     mixed_precision: `no` (float32), `bf16` or `fp16` autocast of the training forwards (weights,
     optimiser, EMA and losses stay float32; fp16 with dynamic loss scaling, torch.amp.GradScaler as
     accelerate uses it); the one setting for every backbone (docs/distributed.md "Mixed precision").
+    fused_optimizer: Adam / AdamW's fused implementation (one kernel for every parameter; faster on
+    GPUs, the same update to float rounding); false = torch's default (foreach on GPUs).
     grad_accum_steps: split each step's batch into this many micro-batches (>= 1) whose gradients add
     up to the batch's; data.batch_size stays the global batch of one optimiser step.
     log_with: experiment trackers that receive the scalars of log.jsonl: [] or any of tensorboard,
@@ -408,6 +419,7 @@ class TrainConfig(Section):
     keep_checkpoints: Annotated[int, Ge(1)] = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_accum_steps: Annotated[int, Ge(1)] = 1
+    fused_optimizer: bool = False
     log_with: tuple[Literal["tensorboard", "wandb"], ...] = ()
 
 
@@ -692,6 +704,7 @@ def _describe_bounds(metadata: list) -> str:
 MOVED_KEYS = {
     "model.sd.mixed_precision": "set train.mixed_precision (training) and sample.mixed_precision (sampling), "
                                 "one setting for every backbone; valid: no, bf16, fp16",
+    "model.sd.gradient_checkpointing": "set model.gradient_checkpointing (every backbone); valid: true, false",
 }
 
 

@@ -210,7 +210,7 @@ def evaluate(
         sample_to_folder(cfg, model_spec, samples_dir, counts, progress=progress)
         images, labels = read_samples(samples_dir, counts, real.channels)
     else:
-        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema, cfg.model)
         shape = backbone.sample_shape
         groups: dict[int, list[int]] = {}  # classes with the same count share one call (and one progress bar)
         for c, n in counts.items():
@@ -239,7 +239,7 @@ def evaluate(
         metrics.update(feature_metrics(cfg, fid_family, images, labels, real, remain_classes, classifier,
                                        classifier_dir, device))
     if "weight_distance" in wanted:
-        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+        model = load_eval_model(backbone, model_spec, cfg.sample.use_ema, cfg.model)
         metrics.update(weight_distance(model, load_eval_model(backbone, reference, cfg.sample.use_ema)))
         metrics["reference"] = str(reference)
     metrics["n_per_class"] = e.n_per_class

@@ -27,6 +27,7 @@ from .data import (
 from .ema import EMA
 from .errors import ConfigError, ErasediffError, first_line
 from .samplers import sample_classes
+from .speed import apply_speed_options
 
 
 def load_model(backbone: Backbone, cfg: RunConfig) -> tuple[nn.Module, nn.Module | None]:
@@ -73,6 +74,7 @@ def prepare_model(cfg: RunConfig, device: torch.device) -> ModelParts:
     backbone = build_backbone(cfg, device)
     model, ema_model = load_model(backbone, cfg)
     model.to(device).train()
+    apply_speed_options(model, cfg.model)
     named = backbone.trainable_parameters(model, cfg.model.trainable)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -127,7 +127,7 @@ def sample_to_folder(
         mine_count = 0
         if units:
             backbone = build_backbone(cfg, device)
-            model = load_eval_model(backbone, model_spec, cfg.sample.use_ema)
+            model = load_eval_model(backbone, model_spec, cfg.sample.use_ema, cfg.model)
             shape = backbone.sample_shape  # (C, h, w): pixels, or latents that sample_unit decodes
             if state.is_main_process:
                 write_json(root / IDENTITY, identity)

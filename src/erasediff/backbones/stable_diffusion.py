@@ -177,8 +177,6 @@ class StableDiffusionBackbone(Backbone):
         if unet.config.cross_attention_dim != self.embeddings.shape[-1]:
             raise ConfigError(f"the UNet in '{directory}' attends to {unet.config.cross_attention_dim}-d text but the "
                               f"text encoder of '{self.pipeline}' gives {self.embeddings.shape[-1]}-d: use matching models")
-        if self.sd.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
         return unet
 
     # ---------------------------------------------------------------------------- the interface
