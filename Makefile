@@ -13,6 +13,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0  # CLIP's BPE vocabulary (random-pipeline)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

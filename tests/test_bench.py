@@ -10,9 +10,23 @@ from erasediff.cli import main
 from erasediff.errors import ErasediffError
 
 
-def _row(config: str, method: str, sec: float, mem: float) -> dict:
+def _row(config: str, method: str, sec: float, mem: float, fb: float = 1.0, f: float = 0.0,
+         fwd: float = 0.01) -> dict:
     return {"config": config, "method": method, "sec_per_step": sec,
-            "peak_memory_mib": {"value": mem, "kind": "cuda_max_allocated"}}
+            "peak_memory_mib": {"value": mem, "kind": "cuda_max_allocated"},
+            "fwd_bwd_per_step": fb, "fwd_per_step": f, "sec_per_forward": fwd}
+
+
+def test_floor_ratio_is_the_step_over_its_passes():
+    from erasediff.bench import floor_ratio
+
+    finetune = _row("a/finetune.yaml", "finetune", 0.1, 1.0)
+    # 3 fwd+bwd (0.3 s at Finetune's 0.1 s each) and 2 no-grad forwards of 0.02 s: floor 0.34 s
+    erasediff = _row("a/erasediff.yaml", "erasediff", 0.374, 1.0, fb=3.0, f=2.0, fwd=0.02)
+    assert floor_ratio(erasediff, finetune) == pytest.approx(1.1)
+    assert floor_ratio(finetune, finetune) == pytest.approx(1.0)
+    cells = bench_table([finetune, erasediff]).splitlines()[3].split("|")
+    assert cells[8:10] == [" 3.00 + 2.00 ", " 1.10 "]
 
 
 def test_table_ratios_are_to_the_finetune_row_wherever_it_is():
@@ -53,6 +67,13 @@ def test_bench_runs_each_method_in_its_own_process_and_writes_once(tiny_base, tm
     assert [r["method"] for r in rows] == ["finetune", "erasediff", "finetune"]
     assert payload["steps"] == 2 and all(r["sec_per_step"] > 0 for r in rows)
     assert rows[1]["trainable_params"] == rows[2]["trainable_params"] > 0
+    # the rows the hooks counted, in batches of data.batch_size (B = 128 here, B_f = 16): Finetune one fwd+bwd;
+    # EraseDiff (random-label target, 2 inner steps every 2 outer steps) over the 2 timed steps: L_r (2 × 128)
+    # and L_f (2 × 16) with gradients, L_f's target (2 × 16) without, and one inner loop (2 forget batches with
+    # gradients + their targets) -> (256 + 32 + 32) / 256 = 1.25 fwd+bwd and (32 + 32) / 256 = 0.25 forwards
+    assert (rows[2]["fwd_bwd_per_step"], rows[2]["fwd_per_step"]) == (1.0, 0.0)
+    assert (rows[1]["fwd_bwd_per_step"], rows[1]["fwd_per_step"]) == (1.25, 0.25)
+    assert all(r["sec_per_forward"] > 0 for r in rows)
     assert all(r["peak_memory_mib"]["kind"] == "cpu_peak_rss" for r in rows)
     # peak RSS never falls within a process: sharing one, the later small run would report at least the big one's
     assert rows[0]["peak_memory_mib"]["value"] > rows[2]["peak_memory_mib"]["value"]
@@ -83,3 +104,16 @@ def test_prefixed_overrides_reach_only_their_config(tmp_path):
     # the method-only key would be unknown to finetune's method section: the prefix is what makes it valid
     with pytest.raises(ErasediffError, match="fisher"):
         run_bench([str(SMOKE / "finetune.yaml")], ["method.fisher=f.safetensors"])
+
+
+def test_sample_mode_measures_images_per_second_with_the_config_precision(tmp_path):
+    configs = [str(SMOKE / "finetune.yaml")]
+    overrides = [*TINY, "sample.batch_size=2", "sample.steps=2"]
+    rows, table = run_bench(configs * 2, overrides + ["finetune:sample.mixed_precision=no"], warmup=1,
+                            sample_images=4, output_dir=str(tmp_path / "s"), progress=False)
+    assert [r["images"] for r in rows] == [4, 4] and all(r["images_per_s"] > 0 for r in rows)
+    assert rows[0]["sampler"] == "DDIM 2 steps, guidance 2.0, batch 2" and rows[0]["mixed_precision"] == "no"
+    assert "images/s" in table.splitlines()[0]
+    assert json.loads((tmp_path / "s" / "bench.json").read_text())["sample_images"] == 4
+    with pytest.raises(ErasediffError, match="--sample-images"):
+        run_bench(configs, [], sample_images=-1)

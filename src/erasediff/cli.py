@@ -216,7 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     _, table = run_bench(args.config, overrides, warmup=args.warmup, steps=args.steps, output_dir=args.output_dir,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, sample_images=args.sample_images)
     print(table, end="")
     if args.output_dir:
         print(f"wrote {Path(args.output_dir)}: bench.json, bench.md")
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides `device`)")
     p.add_argument("--warmup", type=int, default=3, help="untimed outer steps first (default 3)")
     p.add_argument("--steps", type=int, default=10, help="timed outer steps (default 10)")
+    p.add_argument("--sample-images", type=int, default=0, metavar="N",
+                   help="measure sampling instead: N images per config with its sample section, after --warmup "
+                   "untimed batches; prints images/s and peak memory")
     p.add_argument("--output-dir", help="also write bench.json and bench.md here (never overwritten)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_bench)
@@ -380,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from . import random_pipeline, time_to_forget  # their own subcommands (each module owns its arguments)
+
+    random_pipeline.add_parser(sub)
+    time_to_forget.add_parser(sub)
     return parser
 
 
