@@ -21,21 +21,10 @@ from pathlib import Path
 
 import torch
 
+from erasediff.random_pipeline import bytes_to_unicode  # the tokenizer's byte table, one definition
+
 # Words of the test prompts that become single tokens (the rest falls back to byte symbols).
 WORDS = ("tench", "church", "nudity", "naked", "person", "wearing", "clothes", "image", "photo", "an", "of", "a")
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode table (the tokenizer's own mapping)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -44,7 +33,7 @@ def write_tokenizer(folder: Path) -> None:
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(s, len(vocab))
@@ -146,7 +135,7 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     symbols = [table[b] for b in range(256)]
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
     vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})

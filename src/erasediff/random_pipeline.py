@@ -112,8 +112,9 @@ def clip_bpe_path() -> Path:
     return path
 
 
-def _bytes_to_unicode() -> list[str]:
-    """CLIP / GPT-2's 256 byte symbols, in CLIP's vocabulary order (printable bytes first)."""
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP / GPT-2's byte -> printable unicode table; its values are the 256 byte symbols in CLIP's
+    vocabulary order (printable bytes first)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -122,7 +123,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for c in cs]
+    return dict(zip(bs, map(chr, cs)))
 
 
 def write_clip_tokenizer(folder: Path, max_length: int = CONTEXT_LENGTH) -> str:
@@ -132,7 +133,7 @@ def write_clip_tokenizer(folder: Path, max_length: int = CONTEXT_LENGTH) -> str:
     path = clip_bpe_path()
     lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]  # 48,894 merges after the header line, as CLIP uses them
-    symbols = _bytes_to_unicode()
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     if len(set(tokens)) != CLIP_VOCAB_SIZE:
