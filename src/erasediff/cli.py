@@ -203,6 +203,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"manifest {info['manifest']})")
 
 
+def cmd_attack(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, _overrides(args), tuple(args.attack or ()))
+    from .robustness import attack_summary, run_attack
+
+    metrics = run_attack(cfg, args.model, args.output_dir, progress=not args.no_progress)
+    print(json_text({k: metrics[k] for k in ("attack", "model", "n_prompts", "pre_asr", "post_asr", "asr",
+                                             "judge_rule")}))
+    print(attack_summary(metrics, Path(args.output_dir), metrics.get("already_complete")))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
@@ -320,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="prompt CSV (default evaluate.prompts)")
     p.add_argument("--output-dir", required=True, help="image folder (created; existing images are kept and skipped)")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("attack", help="Stable Diffusion: try to bring an erased concept back (UnlearnDiffAtk, "
+                       "Ring-A-Bell, textual inversion, none) and report the attack success rate",
+                       description="run the config's `attack` (or the YAML given with --attack) on --model for every "
+                       "prompt of robustness.prompts: the plain prompt's images first (pre-attack), then each failing "
+                       "prompt attacked; every image judged by robustness.judge. Writes OUT/metrics.json (pre-ASR, "
+                       "ASR), manifest.csv, records/, images/, adversarial/; an interrupted run resumes when the same "
+                       "command runs again (docs/robustness.md)")
+    _common(p)
+    p.add_argument("--attack", action="append", metavar="YAML", help="attack YAML laid over --config (e.g. "
+                   "StableDiffusion/configs/attacks/unlearndiffatk.yaml); default: the config's attack section")
+    p.add_argument("--model", required=True, help="the attacked model: run directory, UNet folder, Hub id or the "
+                   "pipeline itself (its own UNet: SD v1.4)")
+    p.add_argument("--output-dir", required=True, help="attack folder (new, or the same run's to resume)")
+    p.set_defaults(func=cmd_attack)
 
     from .report import LAYOUTS
 

@@ -84,10 +84,31 @@ def load_pipeline(pipeline: str, unet: Optional[str], dtype: torch.dtype, schedu
     return pipe
 
 
+def guidance_of(row: PromptRow, g: GenerateConfig) -> float:
+    """The guidance scale of `row`: its CSV column with generate.csv_guidance, else generate.guidance."""
+    return row.guidance if g.csv_guidance and row.guidance is not None else g.guidance
+
+
 def images_of(row: PromptRow, g: GenerateConfig) -> int:
     """How many images row `row` yields: its `num_images` column, else generate.n_per_prompt; capped by max_per_prompt."""
     n = row.num_images if row.num_images is not None else g.n_per_prompt
     return min(n, g.max_per_prompt) if g.max_per_prompt is not None else n
+
+
+def image_shape(pipe, g: GenerateConfig) -> tuple[int, int, tuple[int, int, int]]:
+    """(height, width, latent shape (C, h, w)) of the images `g` asks `pipe` for (null size = the UNet's)."""
+    height = g.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = g.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return height, width, (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+
+def row_latents(row: PromptRow, n: int, batch_size: int, latent_shape: tuple[int, ...]):
+    """Yield (ks, initial latents (len(ks), C, h, w) float32 on the CPU) for the n images of `row`, in batches:
+    one CPU generator seeded with the row's seed draws them in order (the module docstring's protocol)."""
+    gen = torch.Generator().manual_seed(row.seed)
+    for start in range(0, n, batch_size):
+        ks = list(range(start, min(start + batch_size, n)))
+        yield ks, torch.randn((len(ks), *latent_shape), generator=gen)
 
 
 def plan(rows: list[PromptRow], g: GenerateConfig) -> list[tuple[PromptRow, int, str]]:
@@ -96,14 +117,15 @@ def plan(rows: list[PromptRow], g: GenerateConfig) -> list[tuple[PromptRow, int,
 
 
 def generate(cfg: RunConfig, prompts: str | Path, output_dir: str | Path, model: Optional[str] = None, *,
-             progress: bool = True) -> dict:
-    """Generate the images of `prompts` into `output_dir` (module docstring); returns a summary
-    (images, written, skipped_existing, manifest). Inputs are checked before anything is built."""
+             progress: bool = True, max_rows: Optional[int] = None) -> dict:
+    """Generate the images of `prompts` (its first `max_rows` rows; None = all) into `output_dir` (module
+    docstring); returns a summary (images, written, skipped_existing, manifest). Inputs are checked before
+    anything is built."""
     from accelerate import PartialState
 
     g = cfg.generate
     pipeline = pipeline_of(cfg)
-    rows = read_prompt_csv(prompts, g.seed)
+    rows = read_prompt_csv(prompts, g.seed)[:max_rows]
     unet = unet_of(model, pipeline, cfg.sample.use_ema)
     out = Path(output_dir)
     state = PartialState(cpu=resolve_device(cfg.device).type == "cpu")
@@ -113,20 +135,14 @@ def generate(cfg: RunConfig, prompts: str | Path, output_dir: str | Path, model:
         pipe = load_pipeline(pipeline, unet, getattr(torch, g.dtype), g.scheduler).to(device)
         pipe.set_progress_bar_config(disable=True)
         out.mkdir(parents=True, exist_ok=True)  # the other processes of a launch write into the main one's folder
-        height = g.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        width = g.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        latent_shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        height, width, latent_shape = image_shape(pipe, g)
         with state.split_between_processes(rows) as my_rows:
             bar = tqdm(total=sum(images_of(r, g) for r in my_rows), desc=f"generate[{state.process_index}]",
                        unit="img", disable=not progress or not state.is_local_main_process)
             for row in my_rows:
-                gen = torch.Generator().manual_seed(row.seed)
-                guidance = row.guidance if g.csv_guidance and row.guidance is not None else g.guidance
-                n = images_of(row, g)
-                for start in range(0, n, g.batch_size):
-                    ks = list(range(start, min(start + g.batch_size, n)))
-                    # the row's stream advances by one batch of latents whether or not it is generated
-                    latents = torch.randn((len(ks), *latent_shape), generator=gen)
+                guidance = guidance_of(row, g)
+                # the row's stream advances by one batch of latents whether or not it is generated
+                for ks, latents in row_latents(row, images_of(row, g), g.batch_size, latent_shape):
                     paths = [out / f"{row.case_number}_{k}.png" for k in ks]
                     if all(p.is_file() for p in paths):
                         skipped += len(ks)
@@ -148,7 +164,6 @@ def generate(cfg: RunConfig, prompts: str | Path, output_dir: str | Path, model:
                 w.writerow(["path", "prompt", "seed", "guidance", "case_number", "index"])
                 for row, k, name in plan(rows, g):
                     if (out / name).is_file():
-                        guidance = row.guidance if g.csv_guidance and row.guidance is not None else g.guidance
-                        w.writerow([name, row.prompt, row.seed, guidance, row.case_number, k])
+                        w.writerow([name, row.prompt, row.seed, guidance_of(row, g), row.case_number, k])
     return {"output_dir": str(out), "images": len(plan(rows, g)), "written": written,
             "skipped_existing": skipped, "manifest": str(manifest), "process": state.process_index}
