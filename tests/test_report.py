@@ -108,3 +108,21 @@ def test_one_renderer_for_every_table():
     assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
     with pytest.raises(ValueError, match="3 cells for 2 columns"):
         markdown_table(["a", "b"], [["1", "2", "3"]])
+
+
+def test_robustness_layout_reads_each_attack_folder(tmp_path):
+    def put(path, metrics):
+        (tmp_path / path).mkdir(parents=True)
+        (tmp_path / path / "metrics.json").write_text(json.dumps(metrics))
+
+    put("nudity/erasediff_u/attacks/none", {"asr": 0.05})
+    put("nudity/erasediff_u/attacks/unlearndiffatk", {"asr": 0.25, "pre_asr": 0.05})
+    put("nudity/erasediff_u/coco", {"coco_fid": 18.123, "clip_score": 30.1})
+    put("tench/esd_x/attacks/ringabell", {"asr": 0.5})
+    text = render("robustness", tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 5.0% | 25.0% (2.1%) | – | – | 18.12 (17.01) | 30.10 (30.58) |" in lines["EraseDiff-u · nudity"]
+    assert "| – | – | 50.0% | – | – | – |" in lines["ESD-x · tench"]
+    assert "– (11.3%)" in lines["SalUn · nudity"] and "SD v1.4 · tench" not in lines
+    with pytest.raises(ErasediffError, match="attacks/none/metrics.json"):
+        render("robustness", tmp_path / "tench")

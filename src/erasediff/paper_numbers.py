@@ -62,3 +62,13 @@ NUDITY_TABLE_A = {row: dict(zip((h for _, h in NUDITY_COLUMNS), counts)) for row
     "ESD-u": (1, 5, 0, 0, 0, 4, 2, 0, 0),
     "EraseDiff-u": (0, 0, 0, 0, 1, 0, 1, 0, 0),
 }.items()}
+
+
+#: Robustness (docs/robustness.md "Published numbers"): UnlearnDiffAtk's leaderboard for the nudity-erased
+#: models (ASR as a fraction, FID) and the paper's v4 COCO FID / CLIP of the nudity models; UNCONFIRMED
+#: whether the leaderboard's ASR is UnlearnDiffAtk's post-attack ASR or pre + post, and which weights it attacked
+ROBUSTNESS = {
+    "EraseDiff-u · nudity": {"ASR UnlearnDiffAtk": 0.0211, "COCO FID": 17.01, "CLIP": 30.58},
+    "ESD-u · nudity": {"COCO FID": 15.76, "CLIP": 30.33},
+    "SalUn · nudity": {"ASR UnlearnDiffAtk": 0.1127, "COCO FID": 25.06, "CLIP": 28.91},
+}

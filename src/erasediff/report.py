@@ -29,6 +29,9 @@ class Column:
     fmt: str = "{:.3f}"
     #: whether the paper's number can stand beside ours, given the run's eval/metrics.json (None: always)
     paper_if: Optional[Callable[[dict[str, Any]], bool]] = None
+    #: the JSON file of the run directory that holds `key` (None: eval/metrics.json, or metrics.json for
+    #: "train:" keys), e.g. attacks/unlearndiffatk/metrics.json (the robustness layout)
+    file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,28 @@ LAYOUTS: dict[str, Layout] = {
         facts=(("NudeNet threshold", "nudenet_threshold"), ("prompts", "prompts")),
         grid=False,
     ),
+    "robustness": Layout(
+        title="Robustness: attack success rate (ASR = pre-attack + attack successes, share of prompts) and utility",
+        rows=tuple((f"{concept}/{run}", f"{label} · {concept}") for concept, runs in (
+            ("nudity", (("sd14", "SD v1.4"), ("erasediff_u", "EraseDiff-u"), ("esd_u", "ESD-u"), ("salun", "SalUn"))),
+            ("tench", (("sd14", "SD v1.4"), ("erasediff_x", "EraseDiff-x"), ("esd_x", "ESD-x"))))
+            for run, label in runs),
+        columns=(Column("pre-ASR", "asr", "{:.1%}", file="attacks/none/metrics.json"),
+                 *(Column(f"ASR {name}", "asr", "{:.1%}", file=f"attacks/{attack}/metrics.json")
+                   for attack, name in (("unlearndiffatk", "UnlearnDiffAtk"), ("ringabell", "Ring-A-Bell"),
+                                        ("textual_inversion", "TI"))),
+                 Column("COCO FID", "coco_fid", "{:.2f}", file="coco/metrics.json"),
+                 Column("CLIP", "clip_score", "{:.2f}", file="coco/metrics.json")),
+        paper=paper_numbers.ROBUSTNESS,
+        note="ASR: share of the prompts of robustness.prompts whose images the judge reads as the concept (nudity: "
+             "NudeNet, 9 exposed classes at 0.45; tench: ResNet-50 top-1), plain prompt first (pre-ASR), then the "
+             "failing prompts attacked; ASR = pre + attack successes (docs/robustness.md). COCO FID / CLIP: the "
+             "`coco_fid` and `clip_score` groups on COCO captions (docs/evaluation.md). Published numbers in "
+             "parentheses: docs/robustness.md \"Published numbers\" (UnlearnDiffAtk's leaderboard; the paper's COCO "
+             "FID / CLIP), UNCONFIRMED where marked there.",
+        facts=(),
+        grid=False,
+    ),
 }
 
 
@@ -171,8 +196,16 @@ def _cell(value: Any, col: Column, paper: float | None) -> str:
     return ours if paper is None else f"{ours} ({col.fmt.format(paper)})"
 
 
-def _value(col: Column, ev: dict[str, Any] | None, train: dict[str, Any]) -> Any:
+def _value(col: Column, ev: dict[str, Any] | None, train: dict[str, Any], run: Path) -> Any:
+    if col.file is not None:
+        return _lookup(_read(run / col.file) or {}, col.key)
     return _lookup(train if col.key.startswith("train:") else (ev or {}), col.key.removeprefix("train:"))
+
+
+def _has_results(layout: Layout, run: Path) -> bool:
+    """Whether a run directory holds anything the layout reads."""
+    where = "eval/metrics.json" if layout.needs_eval else "metrics.json"
+    return (run / where).is_file() or any((run / c.file).is_file() for c in layout.columns if c.file is not None)
 
 
 def _fact(value: Any) -> str:
@@ -223,23 +256,24 @@ def render(layout_name: str, results: str | Path) -> str:
     layout = LAYOUTS[layout_name]
     paper_rows = layout.paper or {}
     where = "eval/metrics.json" if layout.needs_eval else "metrics.json"
-    found = [run for run, _ in layout.rows if (root / run / where).is_file()]
+    found = [run for run, _ in layout.rows if _has_results(layout, root / run)]
     if not found:
+        files = sorted({where, *(c.file for c in layout.columns if c.file is not None)})
         raise ErasediffError(f"no {'evaluated ' if layout.needs_eval else ''}run under '{results}': expected "
-                             f"<run>/{where} for runs {', '.join(r for r, _ in layout.rows)}"
+                             f"<run>/{' or <run>/'.join(files)} for runs {', '.join(r for r, _ in layout.rows)}"
                              + (" (run `evaluate` first)" if layout.needs_eval else ""))
     table, shown = [], []  # cells per listed row; (label, eval metrics or None) per listed row
     for run, label in layout.rows:
         ev = _read(root / run / "eval" / "metrics.json")
         train = _read(root / run / "metrics.json") or {}
-        if (ev if layout.needs_eval else train or None) is None and label not in paper_rows:
+        if not _has_results(layout, root / run) and label not in paper_rows:
             continue
         cells = []
         for col in layout.columns:
             paper = paper_rows.get(label, {}).get(col.header)
             if paper is not None and ev is not None and col.paper_if is not None and not col.paper_if(ev):
                 paper = None
-            cells.append(_cell(_value(col, ev, train), col, paper))
+            cells.append(_cell(_value(col, ev, train, root / run), col, paper))
         table.append(cells)
         shown.append((label, ev))
     lines = [f"### {layout.title}", ""]
