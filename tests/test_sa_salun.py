@@ -145,6 +145,20 @@ def test_generative_replay_draws_only_remaining_classes(files, tmp_path):
 def test_top_fraction_mask_is_exact_with_ties():
     masks = top_fraction_mask([torch.ones(3), torch.tensor([[1.0, 5.0], [0.0, 1.0]])], 0.5)
     assert sum(int(k.sum()) for k in masks) == 3 and bool(masks[1][0, 1])  # 7 entries -> int(3.5) = 3
+    assert masks[0].tolist() == [True, True, False]  # the ties at 1.0 in parameter order
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.013, 0.5, 0.999, 1.0])
+def test_top_fraction_mask_is_the_stable_sort_selection(fraction):
+    g = torch.Generator().manual_seed(0)
+    # many ties (rounded values), zeros and a huge value: the bisection must match a stable descending sort
+    scores = [torch.randint(0, 7, (5, 9), generator=g).float() / 3, torch.zeros(4), torch.tensor([1e30, 2.0]),
+              torch.rand(3, 2, 2, generator=g)]
+    flat = torch.cat([s.flatten() for s in scores])
+    expected = torch.zeros(flat.numel(), dtype=torch.bool)
+    expected[torch.argsort(flat, descending=True, stable=True)[: int(flat.numel() * fraction)]] = True
+    got = torch.cat([m.flatten() for m in top_fraction_mask(scores, fraction)])
+    assert torch.equal(got, expected)
 
 
 def test_saliency_mask_fraction_keys_and_guided_forward(tmp_path, monkeypatch):

@@ -68,11 +68,41 @@ class SalUnConfig(MethodConfig):
 
 
 def top_fraction_mask(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
-    """{0,1} bool masks shaped like `scores`: exactly int(N·fraction) ones at the globally largest scores."""
-    flat = torch.cat([s.flatten() for s in scores])
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep[torch.argsort(flat, descending=True, stable=True)[: int(flat.numel() * fraction)]] = True
-    return [k.view_as(s) for k, s in zip(keep.split([s.numel() for s in scores]), scores)]
+    """{0,1} bool masks shaped like `scores` (each >= 0, e.g. |g|): exactly K = int(N·fraction) ones at the
+    globally largest scores, ties at the K-th value taken in parameter order (what a stable descending sort
+    of the concatenated scores selects).
+
+    Memory: no concatenation and no sort of all N scores (at SD v1.4 size, N = 813M, a sort needs ~10 GB
+    of indices and copies on top of the model). The K-th largest value is found by bisection on the scores'
+    float32 bit patterns (for non-negative floats, integer order = float order): 31 counting passes over
+    the tensors, each allocating one temporary the size of the largest tensor.
+    """
+    n = sum(s.numel() for s in scores)
+    k = int(n * fraction)
+    if k == 0:
+        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
+    bits = [s.detach().float().abs().contiguous().view(torch.int32) for s in scores]
+
+    def at_least(v: int) -> int:  # how many scores have bit pattern >= v
+        return int(sum(int((b >= v).sum()) for b in bits))
+
+    lo, hi = 0, 0x7F800000  # [0, +inf]; invariant: at_least(lo) >= k > at_least(hi + 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if at_least(mid) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    masks = [b > lo for b in bits]  # everything strictly above the K-th value
+    ties = k - int(sum(int(m.sum()) for m in masks))  # how many of the scores equal to it are kept, in order
+    for m, b in zip(masks, bits):
+        if ties <= 0:
+            break
+        equal = (b == lo).flatten()
+        take = equal & (equal.cumsum(0) <= ties)
+        m.view(-1)[take] = True
+        ties -= int(take.sum())
+    return masks
 
 
 def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -121,7 +151,7 @@ def compute_saliency_mask(cfg: RunConfig, out_path: str | Path, progress: bool =
             torch._foreach_mul_(grads, torch.clamp(m.mask_grad_clip / (norm + 1e-6), max=1.0))
         for acc, g in zip(grad_sum, grads):
             acc += g.float()
-    mask = top_fraction_mask([g.abs() for g in grad_sum], m.mask_fraction)
+    mask = top_fraction_mask([g.abs_() for g in grad_sum], m.mask_fraction)  # in place: no second copy
     if procs.is_main:
         save_param_file(out, dict(zip(s.param_names, mask)), dump_config(cfg), "saliency-mask")
     procs.barrier()  # the file exists for every process once this returns
