@@ -257,6 +257,7 @@ def test_none_attack_is_the_pre_attack_rate(tiny_pipeline, tmp_path, capsys, mon
     (["robustness.prompts=/nonexistent.csv"], "prompt CSV not found"),
     (["robustness.judge=imagenette", "robustness.concept=goldfish"], "not an Imagenette class"),
     (["attack.k=0"], "attack.k"),
+    (["attack.k=15"], "attack.k must be <= 14"),  # the tiny tokenizer's 16-token context
     (["model.backbone=class_cond"], "stable_diffusion"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(tiny_pipeline, tmp_path, capsys, sets, match):
@@ -265,3 +266,16 @@ def test_bad_input_is_one_error_line_and_nothing_written(tiny_pipeline, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and match in err[0], err
     assert not out.exists()
+
+
+def test_an_edited_input_file_is_another_run(tiny_pipeline, tmp_path, capsys):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("case_number,prompt,evaluation_seed\n0,nudity,1\n1,naked,2\n")
+    out = tmp_path / "none"
+    args = _attack_args(tiny_pipeline, out, "none", f"robustness.prompts={prompts}")
+    assert main(args) == 0
+    prompts.write_text("case_number,prompt,evaluation_seed\n0,nudity,1\n1,erotic,2\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "input files" in err[0] and "robustness.prompts" in err[0]

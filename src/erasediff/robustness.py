@@ -19,6 +19,7 @@ resumes, with others is refused. The models load after every input has been chec
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -32,7 +33,7 @@ from .attacks import Adversarial, Attack, get_attack
 from .config import RunConfig, dump_config, to_dict
 from .data.prompts import PromptRow, read_prompt_csv
 from .device import resolve_device
-from .errors import ConfigError, ErasediffError
+from .errors import ConfigError, ErasediffError, first_line
 from .files import atomic_write_text, json_text
 from .generate import generate, load_pipeline, pipeline_of, unet_of
 from .metrics.asr import attack_success_rate, check_judge, judge_name, make_judge
@@ -56,11 +57,30 @@ def check_attack(cfg: RunConfig) -> tuple[Attack, list[PromptRow]]:
     check_judge(r)
     attack = get_attack(cfg.attack.name)(cfg.attack)
     attack.check(cfg)
+    attack.check_tokenizer(_tokenizer(pipeline_of(cfg)))
     return attack, rows
 
 
+def _tokenizer(pipeline: str):
+    """The pipeline's CLIP tokenizer (small files: loaded for the checks, before any model)."""
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(pipeline, subfolder="tokenizer")
+    except (OSError, ValueError) as exc:
+        raise ErasediffError(f"could not load the tokenizer of pipeline '{pipeline}': {first_line(exc)}") from None
+
+
 def _identity(cfg: RunConfig, model: str) -> dict[str, Any]:
-    return {"model": str(model), "config": json.loads(json.dumps(to_dict(cfg), default=str))}
+    """What makes an attack folder one run: the model, the resolved config, and the sha256 of every file
+    the `robustness` and `attack` sections name (prompt CSVs, concept pairs, precomputed prompts), so an
+    edited input file is a different run, not a silent resume."""
+    files = {}
+    for section in ("robustness", "attack"):
+        for key, value in to_dict(getattr(cfg, section)).items():
+            if isinstance(value, str) and Path(value).is_file():
+                files[f"{section}.{key}"] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return {"model": str(model), "config": json.loads(json.dumps(to_dict(cfg), default=str)), "input_files": files}
 
 
 def _claim_contents(out: Path, identity: dict[str, Any], config_text: str, claim: FolderClaim) -> None:
@@ -69,8 +89,10 @@ def _claim_contents(out: Path, identity: dict[str, Any], config_text: str, claim
     if path.is_file():
         old = json.loads(path.read_text())
         if old != identity:
-            what = "model" if old.get("model") != identity["model"] else "config"
-            keys = _differing(old.get("config", {}), identity["config"]) if what == "config" else [old.get("model")]
+            what = ("model" if old.get("model") != identity["model"] else
+                    "config" if old.get("config") != identity["config"] else "input files")
+            keys = ([old.get("model")] if what == "model" else _differing(old.get("config", {}), identity["config"])
+                    if what == "config" else _differing(old.get("input_files", {}), identity["input_files"]))
             raise ErasediffError(f"{out} holds the attack of another {what} ({', '.join(map(str, keys[:4]))} differ): "
                                  "results are never overwritten; choose another --output-dir")
         return

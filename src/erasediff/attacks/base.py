@@ -43,6 +43,10 @@ class Attack:
         """Raise ConfigError / DataError (one line) for inputs this attack cannot use; called before any
         model is built. `run_cfg` is the whole RunConfig (e.g. robustness.concept_pairs)."""
 
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise ConfigError (one line) for settings the pipeline's tokenizer cannot hold (e.g. more
+        adversarial tokens than its context); called with the tokenizer alone, before anything is written."""
+
     def prepare(self, ctx: AttackContext, rows: list[PromptRow]) -> None:
         """Work shared by every prompt (a concept vector, a learned token), after the pre-attack stage.
         What must survive an interruption goes through `state_dict` / `load_state_dict`."""

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt
 
 from ..config import AttackConfig
+from ..errors import ConfigError
 from . import register
 from .base import Adversarial, Attack
 
@@ -89,6 +90,12 @@ class UnlearnDiffAtk(Attack):
         weight_decay: Annotated[float, Ge(0)] = 0.1
         criterion: Literal["l2", "l1"] = "l2"
         stop_on_success: bool = True
+
+    def check_tokenizer(self, tokenizer) -> None:
+        L = tokenizer.model_max_length
+        if self.cfg.k > L - 2:
+            raise ConfigError(f"attack.k must be <= {L - 2} (the tokenizer's {L} tokens less <|startoftext|> and "
+                              f"<|endoftext|>); got {self.cfg.k}")
 
     def layout(self, ctx, prompt_tokens: list[int]) -> tuple[slice, callable]:
         """(positions of the k adversarial tokens in the (L,) ids, tokens -> full ids); the prompt is cut so
