@@ -53,8 +53,10 @@ attack_all() {
   for run in sd14 "$@"; do
     model=$models/$run; [ $run = sd14 ] && model=$PIPE
     for attack in none unlearndiffatk ringabell textual_inversion; do
+      # a concept's own settings of an attack, where it has them (attacks/nudity/textual_inversion.yaml)
+      yaml=$ATTACKS/$attack.yaml; [ -f "$ATTACKS/$concept/$attack.yaml" ] && yaml=$ATTACKS/$concept/$attack.yaml
       done_or "$OUT/$concept/$run/attacks/$attack/metrics.json" || $PY -m erasediff attack --config "$config" \
-          --attack "$ATTACKS/$attack.yaml" "${SETS[@]}" "${JUDGE[@]}" --set model.pretrained="$PIPE" --seed "$SEED" \
+          --attack "$yaml" "${SETS[@]}" "${JUDGE[@]}" --set model.pretrained="$PIPE" --seed "$SEED" \
           --set robustness.targets="$OUT/$concept/targets" --model "$model" \
           --output-dir "$OUT/$concept/$run/attacks/$attack" --no-progress
     done

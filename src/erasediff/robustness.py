@@ -166,8 +166,7 @@ def run_attack(cfg: RunConfig, model: str, out: str | Path, *, progress: bool = 
                            pre_images=[str(p.relative_to(out)) for p in trial.images])
                 _write_record(out, row, rec)
         # 3. the attack's shared work
-        if attack.attacks_prompts:
-            _prepare(attack, ctx, rows, out)
+        prepare = _prepare(attack, ctx, rows, out) if attack.attacks_prompts else {}
         # 4. every prompt
         for row in tqdm(rows, desc=f"attack {attack.name}", unit="prompt", disable=not progress):
             rec = records[row.case_number]
@@ -183,25 +182,30 @@ def run_attack(cfg: RunConfig, model: str, out: str | Path, *, progress: bool = 
                    "threshold": r.nudenet_threshold if r.judge == "nudenet" else None,
                    "images_per_prompt": r.images_per_prompt, "attack_all": r.attack_all,
                    **attack_success_rate([records[row.case_number] for row in rows]),
-                   "attack_config": to_dict(cfg.attack), "seconds": round(time.perf_counter() - start, 2)}
+                   "attack_config": to_dict(cfg.attack), "prepare": prepare,
+                   "seconds": round(time.perf_counter() - start, 2)}
         _write_manifest(out, rows, records, attack.name)
         atomic_write_text(out / "metrics.json", json_text(metrics))
     return metrics
 
 
-def _prepare(attack: Attack, ctx, rows: list[PromptRow], out: Path) -> None:
+def _prepare(attack: Attack, ctx, rows: list[PromptRow], out: Path) -> dict[str, Any]:
+    """The attack's shared work, or its saved state on a resumed run; returns its summary (+ seconds, and
+    whether it was loaded), which metrics.json keeps as "prepare"."""
     from safetensors.torch import load_file, save_file
 
     path = out / STATE
     if path.is_file():
         attack.load_state_dict(load_file(str(path)))
-        return
+        return {**attack.summary(), "loaded": str(path.name)}
+    t0 = time.perf_counter()
     attack.prepare(ctx, rows)
     state = {k: v.detach().contiguous().cpu() for k, v in attack.state_dict().items()}
     if state:
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(state, str(tmp))
         tmp.replace(path)
+    return {**attack.summary(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _attack_one(attack: Attack, ctx, row: PromptRow, out: Path, generator: torch.Generator) -> dict[str, Any]:

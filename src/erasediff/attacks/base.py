@@ -58,6 +58,10 @@ class Attack:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `state_dict` returned; `prepare` is then not called again."""
 
+    def summary(self) -> dict[str, Any]:
+        """Numbers about `prepare` (e.g. training losses) for metrics.json's "prepare" entry; JSON-able."""
+        return {}
+
     def attack(self, ctx: AttackContext, row: PromptRow, oracle: Callable[[Adversarial], Trial],
                generator: torch.Generator) -> Adversarial:
         """The adversarial prompt of `row`.

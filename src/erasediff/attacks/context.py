@@ -169,8 +169,10 @@ class AttackContext:
             if tuple(x.shape[1:]) != (self.height, self.width):
                 x = resize(x, [self.height, self.width], antialias=True)
             xs.append(x)
-        x = torch.stack(xs).to(self.device, self.vae.dtype)
-        z = self.vae.encode(x).latent_dist.mean
+        x = torch.stack(xs)
+        # 8 images per VAE call: at 512 px a whole target set in one batch is a memory spike
+        z = torch.cat([self.vae.encode(x[i:i + 8].to(self.device, self.vae.dtype)).latent_dist.mean
+                       for i in range(0, len(x), 8)])
         return z.float() * float(self.vae.config.scaling_factor)
 
     def target_latents(self, row: PromptRow) -> torch.Tensor:
