@@ -124,10 +124,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         if not PartialState(cpu=resolve_device(cfg.device).type == "cpu").is_main_process:
             for model, out in zip(args.model, outs):  # under `accelerate launch`: the others generate their share
-                generate(cfg, cfg.evaluate.prompts, out / "samples", model, progress=False)
+                generate(cfg, cfg.evaluate.prompts, out / "samples", model, progress=False,
+                         max_rows=cfg.evaluate.max_prompts)
             return
     headline = ("p_f", "entropy_f", "acc_f", "acc_remain", "fd_remain", "fid", "precision", "recall", "is_mean", "l2",
-                "relative_l2", "acc_forget", "acc_remain_mean", "clip_score", "nudenet_total",
+                "relative_l2", "acc_forget", "acc_remain_mean", "clip_score", "coco_fid", "nudenet_total",
                 "nudenet_images_with_exposed")
     for model, out in zip(args.model, outs):
         if sd:

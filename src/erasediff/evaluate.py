@@ -55,7 +55,7 @@ Scored = tuple[dict[str, Any], torch.Tensor | None, torch.Tensor | None]
 #: the metric groups of class-conditional / unconditional models, and of a stable_diffusion model (`evaluate_sd`)
 DDPM_METRICS = ("classifier", "per_class_fd", "robust_forgetting", "fid", "per_class_fid", "precision_recall",
                 "inception_score", "weight_distance")
-SD_METRICS = ("imagenette_accuracy", "fid", "clip_score", "nudenet")
+SD_METRICS = ("imagenette_accuracy", "fid", "clip_score", "nudenet", "coco_fid")
 
 
 def classifier_metrics(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, forget_classes: list[int],

@@ -9,25 +9,43 @@ The images of the prompt CSV `evaluate.prompts` are generated with the config's 
   data.root), in `evaluate.fid_features` space with `evaluate.quirks` (Table 4: inception64 + uint8_cast,
   max_real 1000);
 - clip_score: CLIP image-prompt agreement (`evaluate.clip_model`);
-- nudenet: NudeNet exposed-class detections (`evaluate.nudenet_threshold`; the nudity tables).
+- nudenet: NudeNet exposed-class detections (`evaluate.nudenet_threshold`; the nudity tables), also per
+  I2P category when the CSV has a `categories` column (nudenet_by_category);
+- coco_fid: the FID of ALL generated images (a captions CSV, e.g. COCO-30k) against precomputed statistics
+  (`evaluate.reference_stats`, an .npz with mu, sigma) or a folder of real images (`evaluate.real`, e.g.
+  COCO val2014, resized + center-cropped to the generated size, statistics cached), in
+  `evaluate.fid_features` space (docs/evaluation.md "Utility at scale").
+`evaluate.max_prompts` keeps the first rows of the CSV: only they are generated, and every group scores
+the images of OUT/samples/manifest.csv, which lists only them.
+Why one file over 300 lines: the input check of every group and the scoring share one plan (`SDPlan`),
+decided before a network is built; the metrics themselves live in metrics/.
 Every input is checked (`check_sd_evaluation`) before a network is built; each network is built once
 per process and reused for every model of the call.
 """
 
 from __future__ import annotations
 
+import csv
+import inspect
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
+
+import numpy as np
 
 from .config import RunConfig
 from .data.imagenette import (
     RealImagenette,
     forget_class,
+    image_batches,
+    image_size,
     prompt_classes,
     read_generated,
+    real_batches,
 )
-from .data.prompts import read_prompt_csv
+from .data.prompts import MANIFEST, read_prompt_csv
 from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import SD_METRICS, feature_extractor
@@ -48,12 +66,78 @@ class SDPlan:
     """What `check_sd_evaluation` found: the inputs of the groups, decided before anything is built."""
 
     prompts: str
-    forget: Optional[str]  # the forgotten Imagenette class (imagenette_accuracy, fid)
-    classifier: Optional[str]  # the judge: torchvision name or classifier folder
-    real: Optional[RealImagenette]  # the real images of the fid
+    forget: str | None  # the forgotten Imagenette class (imagenette_accuracy, fid)
+    classifier: str | None  # the judge: torchvision name or classifier folder
+    real: RealImagenette | None  # the real images of the fid
+    coco_stats: str | None = None  # coco_fid against these precomputed statistics (.npz) ...
+    coco_real: str | None = None  # ... or against the images of this folder,
+    coco_real_files: tuple[Path, ...] = ()  # these ones (recursive, sorted, the first max_real)
+    categories: bool = False  # the prompt CSV has a `categories` column (nudenet_by_category)
 
 
-def check_sd_evaluation(cfg: RunConfig, classifier: Optional[str] = None) -> SDPlan:
+def real_image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` (recursive; suffixes of metrics.nudity), sorted by relative path.
+    DataError when the folder does not exist or holds no image."""
+    from .metrics.nudity import IMAGE_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"evaluate.real '{folder}': no such folder (the real images of coco_fid, e.g. COCO val2014)")
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"evaluate.real '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
+    return files
+
+
+def feature_dims(kind: str, classifier: str | None) -> int | None:
+    """The size of the features of `evaluate.fid_features` = kind, known before anything is built (the
+    judge folder's classifier.json for kind classifier); None when it cannot be told."""
+    if kind in ("inception", "inception64"):
+        return 64 if kind == "inception64" else 2048
+    from .metrics.classifier import CONFIG_FILE, DigitsCNN
+
+    try:
+        config = json.loads((Path(classifier) / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    arch = config.get("arch", "digits_cnn")
+    if arch == "resnet34":
+        return 512
+    if arch == "digits_cnn":
+        return int(config.get("feature_dim", inspect.signature(DigitsCNN).parameters["feature_dim"].default))
+    return None
+
+
+def _has_column(path: str | Path, name: str) -> bool:
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return name in (csv.DictReader(f).fieldnames or [])
+
+
+def _check_coco_reference(cfg: RunConfig, judge: str | None) -> dict[str, Any]:
+    """The reference of the coco_fid group: {"coco_stats": .npz} or {"coco_real": folder, "coco_real_files": ...}."""
+    from .metrics.fid import load_statistics
+
+    e = cfg.evaluate
+    if (e.reference_stats is None) == (e.real is None):
+        raise ConfigError(f"the coco_fid group needs exactly one reference, got {'both' if e.real else 'neither'}: "
+                          "evaluate.reference_stats (an .npz with mu, sigma, e.g. precomputed MS-COCO val2014 "
+                          "statistics) or evaluate.real (a folder of real images, e.g. COCO val2014)")
+    if e.real is not None:
+        files = real_image_files(e.real)[:e.max_real]
+        if len(files) < 2:
+            raise DataError(f"evaluate.real '{e.real}' holds {len(files)} image; the FID needs >= 2")
+        return {"coco_real": str(e.real), "coco_real_files": tuple(files)}
+    mu, _ = load_statistics(e.reference_stats)
+    dims = feature_dims(e.fid_features, judge)
+    if dims is not None and len(mu) != dims:
+        raise ConfigError(f"evaluate.reference_stats {e.reference_stats} holds {len(mu)}-d statistics but "
+                          f"evaluate.fid_features {e.fid_features} gives {dims}-d features: the FID needs statistics "
+                          "of the same features (pytorch-fid Inception pool_3 = 2048-d: fid_features inception)")
+    return {"coco_stats": str(e.reference_stats)}
+
+
+def check_sd_evaluation(cfg: RunConfig, classifier: str | None = None) -> SDPlan:
     """Check the evaluation of a stable_diffusion config; one-line ConfigError / DataError naming the problem.
 
     classifier: the command line's --classifier (overrides evaluate.classifier).
@@ -79,7 +163,7 @@ def check_sd_evaluation(cfg: RunConfig, classifier: Optional[str] = None) -> SDP
             raise DataError(f"evaluate.prompts {e.prompts} has no prompt of the forget class '{forget}' (its classes: "
                             f"{', '.join(sorted(classes))})")
     judge = classifier or e.classifier
-    judge_features = "fid" in wanted and e.fid_features == "classifier"
+    judge_features = bool(wanted & {"fid", "coco_fid"}) and e.fid_features == "classifier"
     needs_judge = "imagenette_accuracy" in wanted or judge_features
     if needs_judge:
         if judge is None:
@@ -94,10 +178,90 @@ def check_sd_evaluation(cfg: RunConfig, classifier: Optional[str] = None) -> SDP
             raise ConfigError("the fid group needs real images: set evaluate.real (imagenette2/train, a folder with a "
                               "manifest.csv, or frgfm/imagenette) or data.root")
         real = RealImagenette(source)
-    return SDPlan(str(e.prompts), forget, judge if needs_judge else None, real)
+    coco = _check_coco_reference(cfg, judge) if "coco_fid" in wanted else {}
+    return SDPlan(str(e.prompts), forget, judge if needs_judge else None, real, **coco,
+                  categories=_has_column(e.prompts, "categories"))
 
 
-def evaluate_sd(cfg: RunConfig, model_spec: str, out: str | Path, *, classifier: Optional[str] = None,
+def generated_images(samples: Path) -> list[tuple[Path, int]]:
+    """(image, case number) of every image listed in samples/manifest.csv (what `generate` wrote: the
+    images of the rows asked for, in order)."""
+    manifest = samples / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"'{samples}' has no {MANIFEST}; `generate` writes one")
+    with manifest.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"path", "case_number"} <= set(reader.fieldnames or []):
+            raise DataError(f"{manifest} needs the columns path and case_number (has: {', '.join(reader.fieldnames or [])})")
+        rows = [(samples / r["path"], int(r["case_number"])) for r in reader]
+    missing = [p for p, _ in rows if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} images listed in {manifest} are missing (first: {missing[0]})")
+    return rows
+
+
+class _Files:
+    """`real_batches`' source for plain image files: open(path) = the RGB PIL image."""
+
+    @staticmethod
+    def open(path: Path):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+
+def coco_fid(generated: Sequence[Path], extractor: Callable, extractor_id: str, cache_dir, *,
+             reference_stats: str | None = None, real: str | None = None, real_files: Sequence[Path] = (),
+             batch_size: int = 50, progress: bool = False) -> dict[str, Any]:
+    """FID of the images `generated` against precomputed statistics (`reference_stats`, an .npz with mu and
+    sigma) or the images `real_files` of the folder `real`: bicubic resize of the short side and center crop
+    to the generated size, statistics cached in `cache_dir` under a key naming the folder, the size and the
+    count (and the extractor). extractor: images (B, 3, H, W) in [-1, 1] -> (B, D). No image quirks.
+    Returns {"coco_fid", "coco_fid_features", "coco_fid_n_generated", "coco_fid_reference", "coco_fid_n_real"
+    (None for statistics that do not say), "coco_fid_dims"}.
+    """
+    from .metrics.fid import (
+        drop_shared_constants,
+        extract_features,
+        feature_statistics,
+        fid_from_statistics,
+        load_statistics,
+        reference_statistics,
+    )
+
+    if (reference_stats is None) == (real is None):
+        raise ConfigError("coco_fid needs exactly one reference: reference_stats or real")
+    if len(generated) < 2:
+        raise DataError(f"{len(generated)} generated image; the FID needs >= 2")
+    feats = np.concatenate([extract_features(extractor, b, batch_size)  # (N, D)
+                            for b in image_batches(list(generated), batch_size, desc="generated", progress=progress)])
+    if reference_stats is not None:
+        mu_r, sigma_r = load_statistics(reference_stats)
+        if len(mu_r) != feats.shape[1]:
+            raise ConfigError(f"evaluate.reference_stats {reference_stats} holds {len(mu_r)}-d statistics but the "
+                              f"features {extractor_id} are {feats.shape[1]}-d")
+        with np.load(reference_stats, allow_pickle=False) as z:
+            n_real = int(z["n"]) if "n" in z.files and z["n"].ndim == 0 else None
+        reference = f"stats:{Path(reference_stats).resolve()}"
+    else:
+        if len(real_files) < 2:
+            raise DataError(f"{len(real_files)} real image in '{real}'; the FID needs >= 2")
+        size = image_size(generated[0])
+        reference = f"folder:{Path(real).resolve()}"
+        key = f"coco-real/{reference}/size={size[0]}x{size[1]}/n={len(real_files)}"
+        n_real = len(real_files)
+
+        def real_images():
+            return real_batches(_Files(), list(real_files), size, batch_size, progress=progress)
+
+        mu_r, sigma_r = reference_statistics(key, real_images, extractor, extractor_id, cache_dir, batch_size=batch_size)
+    fid = fid_from_statistics(*drop_shared_constants(*feature_statistics(feats), mu_r, sigma_r))
+    return {"coco_fid": fid, "coco_fid_features": extractor_id, "coco_fid_n_generated": len(feats),
+            "coco_fid_reference": reference, "coco_fid_n_real": n_real, "coco_fid_dims": int(feats.shape[1])}
+
+
+def evaluate_sd(cfg: RunConfig, model_spec: str, out: str | Path, *, classifier: str | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Generate the evaluation images of `model_spec` into out/samples and compute `evaluate.metrics`.
 
@@ -110,12 +274,13 @@ def evaluate_sd(cfg: RunConfig, model_spec: str, out: str | Path, *, classifier:
         imagenette_accuracy,
         remaining_fid,
     )
-    from .metrics.nudity import count_exposed, make_detector
+    from .metrics.nudity import count_exposed, exposed_by_category, make_detector
 
     plan = check_sd_evaluation(cfg, classifier)
     e, wanted = cfg.evaluate, set(cfg.evaluate.metrics)
     samples = Path(out) / "samples"
-    info = generate(cfg, plan.prompts, samples, model_spec, progress=progress)
+    info = generate(cfg, plan.prompts, samples, model_spec, progress=progress, max_rows=e.max_prompts)
+    generated = generated_images(samples)  # the images of the rows asked for, every group scores these
     device = resolve_device(cfg.device)
     metrics: dict[str, Any] = {}
     items = read_generated(samples, plan.prompts) if wanted & {"imagenette_accuracy", "fid"} else []
@@ -128,12 +293,25 @@ def evaluate_sd(cfg: RunConfig, model_spec: str, out: str | Path, *, classifier:
         quirks = EvalQuirks(**{name: True for name in e.quirks})
         metrics.update(remaining_fid(items, plan.forget, plan.real, extractor, extractor_id, quirks, e.fid_cache,
                                      max_real=e.max_real, batch_size=e.batch_size, progress=progress))
+    if "coco_fid" in wanted:
+        extractor, extractor_id, _ = feature_extractor(e.fid_features, judge, plan.classifier, device)
+        metrics.update(coco_fid([p for p, _ in generated], extractor, extractor_id, e.fid_cache,
+                                reference_stats=plan.coco_stats, real=plan.coco_real, real_files=plan.coco_real_files,
+                                batch_size=e.batch_size, progress=progress))
     if "clip_score" in wanted:
         clip = _network(("clip", e.clip_model, str(device)), lambda: build_clip(e.clip_model, device))
         metrics.update(clip_score_folder(samples, *clip, batch_size=e.batch_size, progress=progress))
     if "nudenet" in wanted:
-        counts = count_exposed(samples, e.nudenet_threshold, _network(("nudenet",), make_detector), progress=progress)
+        counts = count_exposed(samples, e.nudenet_threshold, _network(("nudenet",), make_detector), progress=progress,
+                               files=[p for p, _ in generated])
         metrics.update({f"nudenet_{k}": counts[k] for k in ("images", "threshold", "counts", "total",
                                                             "images_with_exposed")})
+        if plan.categories:  # I2P: the same counts per category of the prompts
+            per_case: dict[int, list[int]] = {}
+            for (_, case), hits in zip(generated, counts["per_image"]):
+                per_case.setdefault(case, []).append(hits)
+            rows = read_prompt_csv(plan.prompts, cfg.generate.seed)[:e.max_prompts]
+            metrics["nudenet_by_category"] = exposed_by_category(
+                [(r.categories, per_case.get(r.case_number, [])) for r in rows])
     metrics.update(model=str(model_spec), prompts=plan.prompts, n_generated=info["images"])
     return metrics

@@ -8,6 +8,8 @@ columns ignored (I2P's CSV is accepted as it is):
                                              own --guidance unless told to read this column, docs/evaluation.md)
     case_number | case                       int; missing column = the row index
     num_images                               int >= 1; optional: images of this row (else the command's count)
+    categories                               optional: I2P's comma-separated categories ("sexual,violence");
+                                             `evaluate`'s nudenet group counts per category (PromptRow.categories)
 Prompt folder (`data.dataset: prompt_folder`, what the training runs read): a folder of images with a
 `manifest.csv` holding at least the columns `path` (relative to the folder) and `prompt`, the layout
 `generate` writes. An image's label is the index of its prompt in `data.prompts`.
@@ -39,6 +41,7 @@ class PromptRow:
     guidance: Optional[float]
     case_number: int
     num_images: Optional[int] = None
+    categories: tuple[str, ...] = ()  # the `categories` column, split at commas (I2P); () without one
 
 
 def _column(fields: Sequence[str], names: Sequence[str]) -> Optional[str]:
@@ -73,7 +76,8 @@ def read_prompt_csv(path: str | Path, default_seed: int = 0) -> list[PromptRow]:
                                 "integers, guidance a number)") from None
             if n is not None and n < 1:
                 raise DataError(f"prompt CSV {path}, line {line}: num_images must be >= 1 (got {n})")
-            rows.append(PromptRow(prompt, seed, guidance, case, n))
+            cats = tuple(dict.fromkeys(c.strip() for c in (rec.get("categories") or "").split(",") if c.strip()))
+            rows.append(PromptRow(prompt, seed, guidance, case, n, cats))
     if not rows:
         raise DataError(f"prompt CSV {path} has no prompt rows")
     cases = [r.case_number for r in rows]

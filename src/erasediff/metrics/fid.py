@@ -1,5 +1,8 @@
 """FID: the Fréchet distance between two sets of feature vectors, on features or cached statistics.
 
+Why one file over 300 lines: the distance, the Inception extractor and the reference-statistics cache
+(computed, or loaded from precomputed .npz files) are one metric that every FID group shares.
+
 FID fits a Gaussian to each set of features and compares them:
 d² = ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}). The extractor is an argument: Inception-v3 pool
 features for FID proper, the digits classifier's `.features` for the offline setup. The matrix square
@@ -8,7 +11,9 @@ root is pytorch-fid's (`calculate_frechet_distance`), so numbers match the refer
 Convention: every extractor takes images (B, C, H, W) in the project's range [-1, 1] (what datasets
 and samplers produce); `InceptionFeatures` converts to pytorch-fid's [0, 1] itself. Reference
 statistics of real sets (e.g. CIFAR10 train without the forgotten class, Imagenette without the
-forgotten class, docs/evaluation.md) are cached per (set, extractor) by `reference_statistics`.
+forgotten class, docs/evaluation.md) are cached per (set, extractor) by `reference_statistics`;
+precomputed ones (pytorch-fid / T2IBenchmark .npz files with mu and sigma, e.g. MS-COCO val2014's) are
+read by `load_statistics`.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from erasediff.errors import ErasediffError
+from erasediff.errors import ErasediffError, first_line
 
 
 def _as_matrix(features, what: str = "features") -> np.ndarray:
@@ -270,4 +275,38 @@ def reference_statistics(key: str, images_fn: Callable[[], object], extractor: C
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(len(feats)), key=np.str_(key), extractor_id=np.str_(extractor_id))
     tmp.replace(path)
+    return mu, sigma
+
+
+# ------------------------------------------------------------------------------ precomputed statistics
+def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
+    """(mu (D,), sigma (D, D)) float64 of a precomputed statistics file: an .npz with the arrays `mu` and
+    `sigma` (pytorch-fid's `--save-stats`, T2IBenchmark's `FIDStats.to_npz`, e.g. MS-COCO val2014's).
+
+    ErasediffError naming the file when it is missing, not an .npz, lacks mu / sigma, or holds arrays of
+    the wrong shapes or non-finite values. Pickled objects are never loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ErasediffError(f"FID statistics file {path} not found: expected an .npz with arrays mu (D,) and sigma "
+                             "(D, D), e.g. pytorch-fid's --save-stats output")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ErasediffError(f"FID statistics file {path} is not a readable .npz ({first_line(exc)})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ErasediffError(f"FID statistics file {path} is a single array, not an .npz with arrays mu and sigma")
+    with z:
+        missing = sorted({"mu", "sigma"} - set(z.files))
+        if missing:
+            raise ErasediffError(f"FID statistics file {path} lacks {missing} (it has: {', '.join(z.files) or 'nothing'}); "
+                                 "expected arrays mu (D,) and sigma (D, D)")
+        try:
+            mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ErasediffError(f"FID statistics file {path}: mu / sigma are unreadable ({first_line(exc)})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ErasediffError(f"FID statistics file {path}: mu must be (D,) and sigma (D, D) (got {mu.shape} and {sigma.shape})")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ErasediffError(f"FID statistics file {path} holds NaN or infinite values")
     return mu, sigma
