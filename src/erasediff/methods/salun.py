@@ -81,7 +81,10 @@ def top_fraction_mask(scores: list[torch.Tensor], fraction: float) -> list[torch
     k = int(n * fraction)
     if k == 0:
         return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
-    bits = [s.detach().float().abs().contiguous().view(torch.int32) for s in scores]
+    # float32 bit patterns: views of the scores themselves (no copy) when they are float32 and contiguous
+    bits = [s.detach().float().contiguous().view(torch.int32) for s in scores]
+    if any(bool((b < 0).any()) for b in bits):
+        raise ValueError("top_fraction_mask needs scores >= 0 (e.g. |g|)")
 
     def at_least(v: int) -> int:  # how many scores have bit pattern >= v
         return int(sum(int((b >= v).sum()) for b in bits))
