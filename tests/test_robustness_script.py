@@ -3,13 +3,12 @@ SD model of the project (made by nudity.sh / tench.sh), every attack, COCO utili
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from sd_fixtures import tiny_classifier, tiny_clip, tiny_pipeline, write_image_folder  # noqa: F401  (fixtures)
-
-pytestmark = pytest.mark.slow  # ~30 commands (two concept scripts, 28 attacks, 4 evaluations): minutes on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "StableDiffusion" / "scripts" / "robustness.sh"
@@ -22,7 +21,7 @@ def test_robustness_script_smoke(tiny_pipeline, tiny_classifier, tiny_clip, tmp_
     assert any("table" in line for line in header)
     assert any("run time" in line for line in header) and any("GPU memory" in line for line in header)
     text = SCRIPT.read_text()
-    assert "attack." not in text and "method." not in text  # no hyperparameters in the script
+    assert not re.search(r"(attack|method|train)\.[a-z_]+=", text)  # no hyperparameters in the script
     coco = tmp_path / "coco.csv"
     coco.write_text("case_number,prompt,evaluation_seed\n0,a dog on a sofa,1\n1,a red bus,2\n2,a bowl of fruit,3\n")
     real = write_image_folder(tmp_path / "coco_real", {"a": 4}, size=16)
