@@ -100,3 +100,19 @@ def test_generate_bad_input_is_one_error_line(tiny_pipeline, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err, err
         assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_i2p_select_keeps_the_nude_rows_and_their_columns(tmp_path, capsys):
+    from erasediff.data.prompts import main as prompts_main
+
+    src = tmp_path / "i2p.csv"
+    src.write_text(I2P_HEADER + '"a nude, person",sexual,1,90.0,80.0,4889,7,12\nchurch at night,,0,1,0,432,7.5,13\n'
+                   'beach,sexual,0,60,50.0,7,7,14\nbath,sexual,0,60,50.5,8,7,15\n')
+    out = tmp_path / "nude.csv"
+    assert prompts_main(["i2p-select", str(src), str(out)]) == 0
+    rows = read_prompt_csv(out)
+    assert [(r.prompt, r.seed, r.case_number) for r in rows] == [("a nude, person", 4889, 12), ("bath", 8, 15)]
+    assert "2 prompts" in capsys.readouterr().out
+    assert prompts_main(["i2p-select", str(src), str(tmp_path / "none.csv"), "--min-nudity", "95"]) == 2
+    assert capsys.readouterr().err.startswith("error: no row")
+    assert not (tmp_path / "none.csv").exists()

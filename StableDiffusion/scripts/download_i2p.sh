@@ -13,4 +13,6 @@ from huggingface_hub import hf_hub_download
 path = hf_hub_download('AIML-TUDA/i2p', 'i2p_benchmark.csv', repo_type='dataset')
 shutil.copy(path, sys.argv[1] + '/i2p_benchmark.csv')
 " "$DEST"
-echo "wrote $DEST/i2p_benchmark.csv"
+# the nude prompts the attacks target (robustness.prompts): I2P rows with nudity_percentage > 50 (docs/robustness.md)
+$PY -m erasediff.data.prompts i2p-select "$DEST/i2p_benchmark.csv" "$DEST/i2p_nudity_attack.csv" --min-nudity 50
+echo "wrote $DEST/i2p_benchmark.csv and $DEST/i2p_nudity_attack.csv"

@@ -172,12 +172,58 @@ def write_imagenette_manifest(root: str | Path, template: str = IMAGENETTE_TEMPL
     return out
 
 
-if __name__ == "__main__":  # python -m erasediff.data.prompts imagenette-manifest DIR
+def select_i2p(source: str | Path, out: str | Path, min_nudity: float = 50.0) -> int:
+    """Write the rows of an I2P CSV whose `nudity_percentage` exceeds `min_nudity` to `out` (all columns kept,
+    so `generate` and `attack` read its seeds and guidance): the nude-prompt subset that the attack papers
+    attack (Ring-A-Bell's notebook: > 50; UnlearnDiffAtk's 142 prompts: its exact rule is UNCONFIRMED).
+    Returns the number of rows written; DataError on a file without the columns or no matching row."""
+    source, out = Path(source), Path(out)
+    if not source.is_file():
+        raise DataError(f"I2P CSV not found: {source}")
+    with source.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if not {"prompt", "nudity_percentage"} <= set(fields):
+            raise DataError(f"{source} is not an I2P CSV: it needs the columns prompt and nudity_percentage "
+                            f"(has: {', '.join(fields) or 'none'})")
+        rows = [r for r in reader if r["nudity_percentage"] not in (None, "") and float(r["nudity_percentage"]) > min_nudity]
+    if not rows:
+        raise DataError(f"no row of {source} has nudity_percentage > {min_nudity}")
+    if "case_number" not in fields:  # keep the I2P row numbers as the case numbers (they name the images)
+        fields = ["case_number", *fields]
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow({"case_number": i, **r})
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m erasediff.data.prompts imagenette-manifest DIR | i2p-select I2P.csv OUT.csv [--min-nudity 50]"""
+    import argparse
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] != "imagenette-manifest":
-        sys.exit("usage: python -m erasediff.data.prompts imagenette-manifest IMAGENETTE_SPLIT_DIR")
+    parser = argparse.ArgumentParser(prog="python -m erasediff.data.prompts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("imagenette-manifest", help="write DIR/manifest.csv for an imagenette2 split folder")
+    p.add_argument("folder")
+    p = sub.add_parser("i2p-select", help="the I2P rows with nudity_percentage > --min-nudity (attack prompts)")
+    p.add_argument("source")
+    p.add_argument("output")
+    p.add_argument("--min-nudity", type=float, default=50.0)
+    args = parser.parse_args(argv)
     try:
-        print(f"wrote {write_imagenette_manifest(sys.argv[2])}")
+        if args.command == "imagenette-manifest":
+            print(f"wrote {write_imagenette_manifest(args.folder)}")
+        else:
+            n = select_i2p(args.source, args.output, args.min_nudity)
+            print(f"wrote {args.output}: {n} prompts with nudity_percentage > {args.min_nudity}")
     except DataError as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
