@@ -45,7 +45,7 @@ from .data.imagenette import (
     read_generated,
     real_batches,
 )
-from .data.prompts import MANIFEST, read_prompt_csv
+from .data.prompts import MANIFEST, manifest_rows, read_prompt_csv
 from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import SD_METRICS, feature_extractor
@@ -186,17 +186,10 @@ def check_sd_evaluation(cfg: RunConfig, classifier: str | None = None) -> SDPlan
 def generated_images(samples: Path) -> list[tuple[Path, int]]:
     """(image, case number) of every image listed in samples/manifest.csv (what `generate` wrote: the
     images of the rows asked for, in order)."""
-    manifest = samples / MANIFEST
-    if not manifest.is_file():
-        raise DataError(f"'{samples}' has no {MANIFEST}; `generate` writes one")
-    with manifest.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "case_number"} <= set(reader.fieldnames or []):
-            raise DataError(f"{manifest} needs the columns path and case_number (has: {', '.join(reader.fieldnames or [])})")
-        rows = [(samples / r["path"], int(r["case_number"])) for r in reader]
+    rows = [(samples / r["path"], int(r["case_number"])) for r in manifest_rows(samples, ("path", "case_number"))]
     missing = [p for p, _ in rows if not p.is_file()]
     if missing:
-        raise DataError(f"{len(missing)} images listed in {manifest} are missing (first: {missing[0]})")
+        raise DataError(f"{len(missing)} images listed in {samples / MANIFEST} are missing (first: {missing[0]})")
     return rows
 
 

@@ -8,48 +8,15 @@ YAML (StableDiffusion/configs/attacks/). The `attack` command and config.py do n
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
-
-from pydantic import Field
-
 from ..config import AttackConfig
-from ..errors import ConfigError
+from ..registry import Registry
 from .base import Adversarial, Attack
 
-ATTACKS: dict[str, type[Attack]] = {}
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    config = getattr(cls, "Config", None)
-    if not (isinstance(config, type) and issubclass(config, AttackConfig)
-            and config.model_fields["name"].default == cls.name):
-        raise TypeError(f"attack {cls.name!r}: Config must be an AttackConfig whose `name` defaults to {cls.name!r}")
-    ATTACKS[cls.name] = cls
-    return cls
-
-
-def get_attack(name: str) -> type[Attack]:
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack '{name}' (config key 'attack.name'); valid attacks: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name]
-
-
-def attack_configs() -> Any:
-    """The type of the config's `attack` section: the registered attacks' configs as a pydantic
-    discriminated union on `name`, so `attack.name` decides which keys are valid."""
-    return Annotated[Union[tuple(a.Config for a in ATTACKS.values())], Field(discriminator="name")]
-
-
-def _import_all() -> None:
-    """Import every module of this package: each registers its attack on import."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base", "context"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_all()
+_REGISTRY = Registry("attack", AttackConfig)
+ATTACKS: dict[str, type[Attack]] = _REGISTRY.entries
+register = _REGISTRY.register
+get_attack = _REGISTRY.get
+attack_configs = _REGISTRY.configs
+_REGISTRY.import_all(__name__, __path__, skip=("base", "context"))
 
 __all__ = ["ATTACKS", "Adversarial", "Attack", "attack_configs", "get_attack", "register"]

@@ -87,6 +87,21 @@ def read_prompt_csv(path: str | Path, default_seed: int = 0) -> list[PromptRow]:
     return rows
 
 
+def manifest_rows(folder: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of folder/manifest.csv (what `generate` writes: path, prompt, seed, guidance, case_number,
+    index), each a dict; DataError (one line) when the file or one of `columns` is missing."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise DataError(f"'{folder}' has no {MANIFEST} (columns {', '.join(columns)}); `erasediff generate` writes one")
+    with manifest.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if not set(columns) <= set(fields):
+            raise DataError(f"{manifest} needs the columns {' and '.join(columns)} (has: {', '.join(fields)})")
+        return list(reader)
+
+
 class _PromptImages(Dataset):
     """Item i = (RGB image of paths[i] resized (bicubic) + center-cropped, in [-1, 1] (3, S, S), labels[i])."""
 

@@ -15,7 +15,6 @@ tests point it at a tiny random one.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.prompts import MANIFEST
+from ..data.prompts import MANIFEST, manifest_rows
 from ..errors import DataError, ErasediffError, first_line
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -83,13 +82,7 @@ def clip_score_folder(folder, model, processor, *, batch_size: int = 50, max_ima
     """
     folder = Path(folder)
     manifest = folder / MANIFEST
-    if not manifest.is_file():
-        raise DataError(f"'{folder}' has no {MANIFEST} (columns path, prompt); `erasediff generate` writes one")
-    with manifest.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "prompt"} <= set(reader.fieldnames or []):
-            raise DataError(f"{manifest} needs the columns path and prompt (has: {', '.join(reader.fieldnames or [])})")
-        rows = [(folder / r["path"], r["prompt"]) for r in reader][:max_images]
+    rows = [(folder / r["path"], r["prompt"]) for r in manifest_rows(folder, ("path", "prompt"))][:max_images]
     if not rows:
         raise DataError(f"{manifest} lists no images")
     scores = []
