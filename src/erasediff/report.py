@@ -7,7 +7,11 @@ numbers from `paper_numbers` (docs/experiments.md); a cell reads `ours (paper)` 
 number that ours can be compared with. Rows whose run has no evaluation yet are listed with "–" so a
 half-finished table shows what is missing. Stable Diffusion layouts: `table4` (Imagenette, printed
 with one column per model as the paper does) and `nudity` (NudeNet counts and their % change
-relative to SD v1.4, the paper's Fig. 4). Every table is rendered by `tables.markdown_table`.
+relative to SD v1.4, the paper's Fig. 4); `robustness` reads each column from its own file of the run
+(attacks/<attack>/metrics.json, coco/metrics.json). Every table is rendered by `tables.markdown_table`.
+
+Why one file over 300 lines: the layouts are declarations (rows, columns, notes) that the one renderer
+reads; splitting them from it would separate each table from the code that prints it.
 """
 
 from __future__ import annotations
