@@ -141,8 +141,9 @@ class AttackContext:
 
     # ------------------------------------------------------------------------------- denoising loss
     def denoising_loss(self, z0: torch.Tensor, hidden: torch.Tensor, t: torch.Tensor,
-                       noise: torch.Tensor) -> torch.Tensor:
-        """mean ‖ε − ε_θ(√ᾱ_t z0 + √(1−ᾱ_t) ε, t, hidden)‖² of the attacked UNet (UnlearnDiffAtk's objective).
+                       noise: torch.Tensor, criterion: str = "l2") -> torch.Tensor:
+        """mean ‖ε − ε_θ(√ᾱ_t z0 + √(1−ᾱ_t) ε, t, hidden)‖² of the attacked UNet (UnlearnDiffAtk's objective;
+        criterion "l1": the mean absolute error instead).
 
         z0: (B, 4, h, w) scaled target latents; hidden: (B or 1, L, D_text); t: (B,) int64 in [0, T);
         noise: (B, 4, h, w). Scalar float32, differentiable w.r.t. hidden.
@@ -153,26 +154,25 @@ class AttackContext:
         if hidden.shape[0] != zt.shape[0]:
             hidden = hidden.expand(zt.shape[0], *hidden.shape[1:])
         eps = self.unet(zt.to(self.dtype), t.to(self.device), encoder_hidden_states=hidden.to(self.dtype)).sample
-        return F.mse_loss(eps.float(), noise.float())
+        return (F.l1_loss if criterion == "l1" else F.mse_loss)(eps.float(), noise.float())
 
     @torch.no_grad()
     def latents_of(self, images: Sequence[Path]) -> torch.Tensor:
         """Scaled VAE latents (N, 4, h, w) float32 of image files (resized to the generation size): the
-        posterior mean × scaling_factor, as UnlearnDiffAtk encodes its target images."""
-        from PIL import Image
-        from torchvision.transforms.functional import pil_to_tensor, resize
+        posterior mean × scaling_factor, as UnlearnDiffAtk encodes its target images. 8 images per VAE
+        call: at 512 px a whole target set in one batch is a memory spike."""
+        from torchvision.transforms.functional import resize
 
-        xs = []
-        for path in images:
-            with Image.open(path) as img:
-                x = pil_to_tensor(img.convert("RGB")).float() / 127.5 - 1.0  # (3, H, W) in [-1, 1]
-            if tuple(x.shape[1:]) != (self.height, self.width):
-                x = resize(x, [self.height, self.width], antialias=True)
-            xs.append(x)
-        x = torch.stack(xs)
-        # 8 images per VAE call: at 512 px a whole target set in one batch is a memory spike
-        z = torch.cat([self.vae.encode(x[i:i + 8].to(self.device, self.vae.dtype)).latent_dist.mean
-                       for i in range(0, len(x), 8)])
+        from ..data.imagenette import image_batches, read_image
+
+        size = (self.height, self.width)
+
+        def read(path) -> torch.Tensor:  # (3, h, w) in [-1, 1]
+            x = read_image(path)
+            return x if tuple(x.shape[1:]) == size else resize(x, list(size), antialias=True)
+
+        z = torch.cat([self.vae.encode(b.to(self.device, self.vae.dtype)).latent_dist.mean
+                       for b in image_batches(list(images), 8, read)])
         return z.float() * float(self.vae.config.scaling_factor)
 
     def target_latents(self, row: PromptRow) -> torch.Tensor:

@@ -192,7 +192,7 @@ class TextualInversion(Attack):
         c = self.cfg
         start = time.perf_counter()
         paths, prompts = self.training_set(ctx, rows)
-        latents = torch.cat([ctx.latents_of(paths[i:i + 8]) for i in range(0, len(paths), 8)]).cpu()  # (N, 4, h, w)
+        latents = ctx.latents_of(paths).cpu()  # (N, 4, h, w)
         table = ctx.token_table.detach()
         placeholder = self.initializer_id(ctx)
         v = table[placeholder].detach().float().clone().to(ctx.device).requires_grad_(True)

@@ -109,13 +109,7 @@ class UnlearnDiffAtk(Attack):
     def loss(self, ctx, ids, base_embeds, where, adv_embeds, z0, t, noise) -> torch.Tensor:
         """The attack objective for adversarial token embeddings adv_embeds (k, D) at positions `where`."""
         embeds = torch.cat([base_embeds[: where.start], adv_embeds, base_embeds[where.stop:]])  # (L, D)
-        hidden = ctx.encode(ids, embeds)
-        if self.cfg.criterion == "l2":
-            return ctx.denoising_loss(z0, hidden, t, noise)
-        a = ctx.alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        eps = ctx.unet(zt.to(ctx.dtype), t, encoder_hidden_states=hidden.expand(len(z0), -1, -1).to(ctx.dtype)).sample
-        return F.l1_loss(eps.float(), noise)
+        return ctx.denoising_loss(z0, ctx.encode(ids, embeds), t, noise, self.cfg.criterion)
 
     def attack(self, ctx, row, oracle, generator) -> Adversarial:
         c = self.cfg
