@@ -26,8 +26,6 @@ per process and reused for every model of the call.
 from __future__ import annotations
 
 import csv
-import inspect
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ from .data.imagenette import (
 )
 from .data.prompts import MANIFEST, manifest_rows, read_prompt_csv
 from .device import resolve_device
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ErasediffError
 from .evaluate import SD_METRICS, feature_extractor
 from .generate import generate, pipeline_of
 from .metrics.quirks import EvalQuirks
@@ -95,18 +93,12 @@ def feature_dims(kind: str, classifier: str | None) -> int | None:
     judge folder's classifier.json for kind classifier); None when it cannot be told."""
     if kind in ("inception", "inception64"):
         return 64 if kind == "inception64" else 2048
-    from .metrics.classifier import CONFIG_FILE, DigitsCNN
+    from .metrics.classifier import classifier_feature_dim
 
     try:
-        config = json.loads((Path(classifier) / CONFIG_FILE).read_text())
-    except (OSError, ValueError, TypeError):
+        return classifier_feature_dim(classifier)
+    except (ErasediffError, OSError, ValueError, TypeError):
         return None
-    arch = config.get("arch", "digits_cnn")
-    if arch == "resnet34":
-        return 512
-    if arch == "digits_cnn":
-        return int(config.get("feature_dim", inspect.signature(DigitsCNN).parameters["feature_dim"].default))
-    return None
 
 
 def _has_column(path: str | Path, name: str) -> bool:

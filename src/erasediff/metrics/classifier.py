@@ -54,6 +54,7 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
+        self.feature_dim = feature_dim  # width of `features`
         self.embed = nn.Sequential(nn.Linear(64 * (image_size // 4) ** 2, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
 
@@ -81,6 +82,7 @@ class ResNetClassifier(ResNet):
             raise ErasediffError(f"ResNetClassifier input_size must be an int >= 32 (got {input_size!r})")
         self.config = {"arch": "resnet34", "num_classes": num_classes, "input_size": input_size}
         self.input_size = input_size
+        self.feature_dim = self.fc.in_features  # width of `features` (512)
         nn.init.xavier_uniform_(self.fc.weight)  # SA's fc initialisation
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,17 +257,27 @@ def load_classifier(directory) -> nn.Module:
     if missing:
         raise ErasediffError(f"classifier not found: {missing[0]} is missing "
                              f"(train one with `erasediff train-classifier` or pass its directory)")
+    model = _build_saved(directory)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return model.eval()
+
+
+def _build_saved(directory: Path) -> nn.Module:
+    """The untrained network that directory/classifier.json describes."""
     config = json.loads((directory / CONFIG_FILE).read_text())
     arch = config.get("arch", "digits_cnn")
     if arch == "digits_cnn":
-        model = DigitsCNN(**{k: config[k] for k in _ARCH_KEYS if k in config})
-    elif arch == "resnet34":
-        model = ResNetClassifier(**{k: config[k] for k in _RESNET_KEYS if k in config})
-    else:
-        raise ErasediffError(f"{directory / CONFIG_FILE} names classifier arch {arch!r}; "
-                             f"valid archs are {', '.join(ARCHS)}")
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-    return model.eval()
+        return DigitsCNN(**{k: config[k] for k in _ARCH_KEYS if k in config})
+    if arch == "resnet34":
+        return ResNetClassifier(**{k: config[k] for k in _RESNET_KEYS if k in config})
+    raise ErasediffError(f"{directory / CONFIG_FILE} names classifier arch {arch!r}; valid archs are {', '.join(ARCHS)}")
+
+
+def classifier_feature_dim(directory) -> int:
+    """The width of `features` of the classifier saved in `directory`, from its classifier.json alone (the
+    network is built on the meta device: no weights read, nothing allocated)."""
+    with torch.device("meta"):
+        return int(_build_saved(Path(directory)).feature_dim)
 
 
 @torch.inference_mode()
