@@ -34,7 +34,7 @@ from .config import RunConfig, dump_config, to_dict
 from .data.prompts import PromptRow, read_prompt_csv
 from .device import resolve_device
 from .errors import ConfigError, ErasediffError, first_line
-from .files import atomic_write_text, json_text
+from .files import atomic_write_bytes, atomic_write_text, json_text
 from .generate import generate, load_pipeline, pipeline_of, unet_of
 from .metrics.asr import attack_success_rate, check_judge, judge_name, make_judge
 from .rundir import FolderClaim
@@ -48,7 +48,7 @@ def check_attack(cfg: RunConfig) -> tuple[Attack, list[PromptRow]]:
     if cfg.model.backbone != "stable_diffusion":
         raise ConfigError(f"attacks run on Stable Diffusion models: model.backbone must be stable_diffusion "
                           f"(got {cfg.model.backbone})")
-    pipeline_of(cfg)
+    pipeline = pipeline_of(cfg)
     r = cfg.robustness
     if r.prompts is None:
         raise ConfigError("robustness.prompts is required: the CSV of the prompts to attack (e.g. "
@@ -57,7 +57,7 @@ def check_attack(cfg: RunConfig) -> tuple[Attack, list[PromptRow]]:
     check_judge(r)
     attack = get_attack(cfg.attack.name)(cfg.attack)
     attack.check(cfg)
-    attack.check_tokenizer(_tokenizer(pipeline_of(cfg)))
+    attack.check_tokenizer(_tokenizer(pipeline))
     return attack, rows
 
 
@@ -119,16 +119,19 @@ def _targets(cfg: RunConfig, out: Path, rows: list[PromptRow], progress: bool) -
     return found
 
 
-def _save_adversarial(path: Path, adv: Adversarial) -> None:
-    from safetensors.torch import save_file
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: Optional[dict[str, str]] = None) -> None:
+    """safetensors file written atomically (files.atomic_write_bytes: temporary sibling, fsync, rename)."""
+    from safetensors.torch import save
 
-    tensors = {"input_ids": adv.input_ids.to(torch.int64).contiguous().cpu()}
-    if adv.token_embeds is not None:
-        tensors["token_embeds"] = adv.token_embeds.detach().float().contiguous().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"text": adv.text})
-    tmp.replace(path)
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata))
+
+
+def _save_adversarial(path: Path, adv: Adversarial) -> None:
+    tensors = {"input_ids": adv.input_ids.to(torch.int64)}
+    if adv.token_embeds is not None:
+        tensors["token_embeds"] = adv.token_embeds.float()
+    _save_tensors(path, tensors, {"text": adv.text})
 
 
 def _prompt_seed(cfg: RunConfig, row: PromptRow) -> int:
@@ -192,7 +195,7 @@ def run_attack(cfg: RunConfig, model: str, out: str | Path, *, progress: bool = 
 def _prepare(attack: Attack, ctx, rows: list[PromptRow], out: Path) -> dict[str, Any]:
     """The attack's shared work, or its saved state on a resumed run; returns its summary (+ seconds, and
     whether it was loaded), which metrics.json keeps as "prepare"."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = out / STATE
     if path.is_file():
@@ -200,11 +203,9 @@ def _prepare(attack: Attack, ctx, rows: list[PromptRow], out: Path) -> dict[str,
         return {**attack.summary(), "loaded": str(path.name)}
     t0 = time.perf_counter()
     attack.prepare(ctx, rows)
-    state = {k: v.detach().contiguous().cpu() for k, v in attack.state_dict().items()}
+    state = attack.state_dict()
     if state:
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp))
-        tmp.replace(path)
+        _save_tensors(path, state)
     return {**attack.summary(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
